@@ -1,0 +1,55 @@
+"""Initialisation of the Gaussian-mixture prior from clusters of a latent space."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import scanpy as sc
+from anndata import AnnData
+from sklearn.cluster import KMeans
+
+logger = logging.getLogger(__name__)
+
+
+def leiden_labels(latent: np.ndarray, resolution: float = 1.0, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
+    """Leiden clusters of the kNN graph of ``latent`` (scanpy), as integer labels."""
+    adata = AnnData(np.asarray(latent, dtype=np.float32))
+    # the sklearn transformer avoids a scipy>=1.18 failure of the default above 8,192 cells
+    sc.pp.neighbors(adata, use_rep="X", n_neighbors=min(n_neighbors, adata.n_obs - 1), transformer="sklearn")
+    sc.tl.leiden(adata, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
+    return adata.obs["leiden"].astype(int).to_numpy()
+
+
+def kmeans_labels(latent: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+    """KMeans clusters of ``latent`` (10 restarts)."""
+    return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(latent)
+
+
+def cluster_statistics(
+    latent: np.ndarray, labels: np.ndarray, prior_count: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Means, variances and weights of each cluster, for the mixture prior.
+
+    Variances are shrunk towards the overall variance with ``prior_count`` pseudo-cells, so singleton and tiny
+    clusters get a finite, positive variance instead of zero.
+
+    Returns
+    -------
+    means, variances
+        Arrays of shape ``(K, n_latent)``.
+    weights
+        Cluster fractions, shape ``(K,)``.
+    """
+    clusters = np.unique(labels)
+    overall_var = latent.var(0)
+    means, variances, counts = [], [], []
+    for cluster in clusters:
+        members = latent[labels == cluster]
+        mean = members.mean(0)
+        scatter = ((members - mean) ** 2).sum(0)
+        means.append(mean)
+        variances.append((scatter + prior_count * overall_var) / (len(members) + prior_count))
+        counts.append(len(members))
+    counts = np.asarray(counts, dtype=np.float64)
+    return np.stack(means), np.stack(variances), counts / counts.sum()

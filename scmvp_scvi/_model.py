@@ -1,0 +1,705 @@
+"""User-facing SCMVP model: setup, training, and outputs written back into the MuData."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from mudata import MuData
+from scipy import sparse
+from scvi import REGISTRY_KEYS, settings
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    MuDataCategoricalJointObsField,
+    MuDataCategoricalObsField,
+    MuDataLayerField,
+)
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
+
+from ._gmm_init import cluster_statistics, kmeans_labels, leiden_labels
+from ._module import SCMVPModule
+from ._validation import check_alignment, check_counts, check_obs_keys, resolve_modalities
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("joint", "rna", "atac")
+
+
+def default_epochs(n_cells: int) -> int:
+    """Epochs per training phase when none are given.
+
+    Follows the authors' recipe (10 epochs up to 5k cells, 15 above) and guarantees about 1,000 optimisation
+    steps of 64 cells per phase on small data sets, capped at 200 epochs.
+    """
+    recipe = 10 if n_cells <= 5_000 else 15
+    return int(min(200, max(recipe, math.ceil(1_000 * 64 / max(n_cells, 1)))))
+
+
+class SCMVP(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+    """Single-cell multi-view profiler (scMVP) for paired scRNA-seq and scATAC-seq.
+
+    A deep generative model with attention-based encoders for each modality, a joint (shared-layer) posterior,
+    a Gaussian-mixture prior over cell clusters, a two-channel decoder gated by the cluster responsibilities and
+    a cycle-consistency head (Li et al., Genome Biology 2022).
+
+    Parameters
+    ----------
+    mdata
+        MuData registered with :meth:`setup_mudata`.
+    n_latent
+        Dimension of the joint latent space.
+    n_hidden
+        Hidden units of the encoder and decoder layers.
+    n_centroids
+        Number of mixture components ``K``. ``None`` (default) takes the number of Leiden clusters of the
+        pretrained joint latent, found during :meth:`train`.
+    n_heads
+        Heads of the ATAC self-attention; must divide ``n_hidden``.
+    dropout_rate
+        Dropout in the encoders.
+    rna_likelihood
+        ``"nb"`` (default), ``"zinb"`` or ``"poisson"``.
+    atac_likelihood
+        ``"zip"`` (default), ``"poisson"``, ``"nb"`` or ``"bernoulli"`` (models peaks as open/closed).
+    encode_covariates
+        Also give batch and categorical covariates to the encoders (they always enter the decoder).
+    rna_weight, atac_weight, cluster_weight, joint_kl_weight, cycle_kl_weight
+        Loss weights; the defaults (3.0, 0.1, 0.5, 0.1, 0.1) are those of the original scMVP.
+    **module_kwargs
+        Further arguments of :class:`~scmvp_scvi.SCMVPModule`.
+
+    Examples
+    --------
+    >>> mdata = scmvp_scvi.data.synthetic_paired()
+    >>> scmvp_scvi.SCMVP.setup_mudata(mdata)
+    >>> model = scmvp_scvi.SCMVP(mdata)
+    >>> model.train()
+    >>> mdata.obsm["X_scmvp"] = model.get_latent_representation()
+    """
+
+    _module_cls = SCMVPModule
+
+    def __init__(
+        self,
+        mdata: MuData,
+        n_latent: int = 20,
+        n_hidden: int = 128,
+        n_centroids: int | None = None,
+        n_heads: int = 8,
+        dropout_rate: float = 0.1,
+        rna_likelihood: str = "nb",
+        atac_likelihood: str = "zip",
+        encode_covariates: bool = True,
+        rna_weight: float = 3.0,
+        atac_weight: float = 0.1,
+        cluster_weight: float = 0.5,
+        joint_kl_weight: float = 0.1,
+        cycle_kl_weight: float = 0.1,
+        **module_kwargs,
+    ):
+        super().__init__(mdata)
+        n_obs = self.summary_stats.n_cells
+        if n_centroids is not None and not (isinstance(n_centroids, int | np.integer) and 1 <= n_centroids <= n_obs):
+            raise ValueError(
+                f"n_centroids must be an integer between 1 and the number of cells ({n_obs}), got {n_centroids!r}."
+            )
+        for name, value in (("n_latent", n_latent), ("n_hidden", n_hidden), ("n_heads", n_heads)):
+            if not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not 0 <= dropout_rate < 1:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}.")
+        n_cats_per_cov = (
+            self.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY).n_cats_per_key
+            if REGISTRY_KEYS.CAT_COVS_KEY in self.adata_manager.data_registry
+            else None
+        )
+        self.module = self._module_cls(
+            n_input_rna=self.summary_stats.n_vars,
+            n_input_atac=self.summary_stats.n_atac,
+            n_batch=self.summary_stats.n_batch,
+            n_cats_per_cov=n_cats_per_cov,
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_centroids=n_centroids or 1,
+            n_heads=n_heads,
+            dropout_rate=dropout_rate,
+            rna_likelihood=rna_likelihood,
+            atac_likelihood=atac_likelihood,
+            encode_covariates=encode_covariates,
+            rna_weight=rna_weight,
+            atac_weight=atac_weight,
+            cluster_weight=cluster_weight,
+            joint_kl_weight=joint_kl_weight,
+            cycle_kl_weight=cycle_kl_weight,
+            **module_kwargs,
+        )
+        self._update_summary()
+        self.init_params_ = self._get_init_params(locals())
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(cls, *args, **kwargs):
+        """Not supported: SCMVP needs paired modalities; use :meth:`setup_mudata`."""
+        raise NotImplementedError("SCMVP works on paired RNA + ATAC in a MuData; use SCMVP.setup_mudata(mdata).")
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        rna_layer: str | None = None,
+        atac_layer: str | None = None,
+        batch_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        modalities: dict[str, str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register the RNA and ATAC modalities of a MuData for SCMVP.
+
+        Parameters
+        ----------
+        mdata
+            MuData with paired RNA and ATAC counts (the same cells, in the same order, in both modalities).
+        rna_layer
+            Layer of the RNA modality with raw counts (``None``: ``.X``).
+        atac_layer
+            Layer of the ATAC modality with peak counts or binary peaks (``None``: ``.X``).
+        batch_key
+            Column with the batch of each cell, in ``mdata.obs`` unless ``modalities["batch_key"]`` names a
+            modality.
+        categorical_covariate_keys
+            Columns with further categorical covariates (same lookup as ``batch_key``).
+        modalities
+            Maps setup arguments to modality names. Defaults to ``{"rna_layer": "rna", "atac_layer": "atac"}``.
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        resolved = resolve_modalities(mdata, modalities)
+        setup_method_args["setup_args"]["modalities"] = resolved
+        mods = cls._create_modalities_attr_dict(resolved, setup_method_args)
+        check_alignment(mdata, [mods.rna_layer, mods.atac_layer])
+        check_counts(mdata.mod[mods.rna_layer], rna_layer, mods.rna_layer)
+        check_counts(mdata.mod[mods.atac_layer], atac_layer, mods.atac_layer)
+        if batch_key is not None:
+            check_obs_keys(mdata, [batch_key], mods.batch_key, "batch_key")
+        if categorical_covariate_keys is not None:
+            if isinstance(categorical_covariate_keys, str):
+                raise TypeError("categorical_covariate_keys must be a list of column names, not a string.")
+            check_obs_keys(
+                mdata, categorical_covariate_keys, mods.categorical_covariate_keys, "categorical_covariate_keys"
+            )
+
+        fields = [
+            MuDataLayerField(
+                REGISTRY_KEYS.X_KEY, rna_layer, mod_key=mods.rna_layer, is_count_data=True, mod_required=True
+            ),
+            MuDataLayerField(
+                REGISTRY_KEYS.ATAC_X_KEY, atac_layer, mod_key=mods.atac_layer, is_count_data=True, mod_required=True
+            ),
+            MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=mods.batch_key),
+            MuDataCategoricalJointObsField(
+                REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys, mod_key=mods.categorical_covariate_keys
+            ),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        pretrain_epochs: int | None = None,
+        lr: float = 5e-3,
+        batch_size: int = 64,
+        weight_decay: float = 1e-6,
+        eps: float = 0.01,
+        n_epochs_kl_warmup: int | None = None,
+        leiden_resolution: float = 1.0,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = None,
+        validation_size: float | None = None,
+        shuffle_set_split: bool = True,
+        early_stopping: bool = False,
+        datasplitter_kwargs: dict | None = None,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Train SCMVP: pretraining, mixture-prior initialisation, then joint training.
+
+        1. **Pretraining** (``pretrain_epochs``): the RNA, ATAC and joint encoders each learn as a VAE with a
+           standard normal prior through the shared decoder channels, so the three latent spaces align.
+        2. **Mixture initialisation**: the joint latent means of all cells are clustered (Leiden at
+           ``leiden_resolution`` when ``n_centroids`` is ``None``, else KMeans with ``n_centroids`` clusters)
+           and the mixture prior takes each cluster's mean, variance and fraction.
+        3. **Joint training** (``max_epochs``): the full objective with the mixture prior, the cluster-gated
+           decoder and the cycle-consistency head; the KL terms are warmed up linearly over
+           ``n_epochs_kl_warmup`` epochs.
+
+        Calling ``train`` again continues joint training.
+
+        Parameters
+        ----------
+        max_epochs
+            Epochs of joint training; default from the data size (:func:`default_epochs`).
+        pretrain_epochs
+            Epochs of pretraining (0 skips it); same default as ``max_epochs``.
+        lr, weight_decay, eps
+            Adam settings (scMVP's defaults).
+        batch_size
+            Minibatch size.
+        n_epochs_kl_warmup
+            KL warm-up of joint training; default half of ``max_epochs``. Pretraining always warms up over
+            its whole length.
+        leiden_resolution
+            Resolution of the Leiden clustering that sets ``K`` when ``n_centroids`` is ``None``.
+        accelerator, devices
+            Lightning device settings (``"cpu"``, ``"gpu"``, ``"auto"``...).
+        train_size, validation_size, shuffle_set_split
+            Data split (scvi-tools' :class:`~scvi.dataloaders.DataSplitter`; default 90% train).
+        early_stopping
+            Stop each phase when ``early_stopping_monitor`` (default ``"elbo_validation"``) stops improving.
+        datasplitter_kwargs
+            Extra arguments of the data splitter.
+        plan_kwargs
+            Extra arguments of :class:`scvi.train.TrainingPlan`; they override the ones above.
+        **trainer_kwargs
+            Extra arguments of :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
+        """
+        n_cells = self.adata.n_obs
+        max_epochs = default_epochs(n_cells) if max_epochs is None else max_epochs
+        pretrain_epochs = default_epochs(n_cells) if pretrain_epochs is None else pretrain_epochs
+        for name, value in (("max_epochs", max_epochs), ("pretrain_epochs", pretrain_epochs)):
+            if not isinstance(value, int | np.integer) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+        common = {
+            "accelerator": accelerator,
+            "devices": devices,
+            "train_size": train_size,
+            "validation_size": validation_size,
+            "shuffle_set_split": shuffle_set_split,
+            "batch_size": batch_size,
+            "early_stopping": early_stopping,
+            "datasplitter_kwargs": datasplitter_kwargs,
+            **trainer_kwargs,
+        }
+
+        def plan(warmup: int | None) -> dict:
+            return {
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "eps": eps,
+                "n_epochs_kl_warmup": warmup,
+                **(plan_kwargs or {}),
+            }
+
+        if not bool(self.module.gmm_initialized):
+            if pretrain_epochs > 0:
+                logger.info("Pretraining for %d epochs.", pretrain_epochs)
+                self._train_phase(
+                    "pretraining", max_epochs=pretrain_epochs, plan_kwargs=plan(pretrain_epochs), **common
+                )
+            self.initialize_gmm(resolution=leiden_resolution, batch_size=max(batch_size, 256))
+        if max_epochs > 0:
+            warmup = max(1, max_epochs // 2) if n_epochs_kl_warmup is None else n_epochs_kl_warmup
+            self._train_phase("joint", max_epochs=max_epochs, plan_kwargs=plan(warmup), **common)
+
+    def _train_phase(self, phase: str, **kwargs) -> None:
+        """Run one training phase and append its metrics (including new ones) to ``model.history``."""
+        previous, was_trained = self.history_, self.is_trained_
+        # scvi-tools only extends metrics it has already seen; start a fresh history and merge it ourselves
+        self.history_, self.is_trained_ = None, False
+        # Lightning keeps the train/eval mode it is given, and scvi-tools leaves the module in eval mode
+        self.module.train()
+        try:
+            super().train(**kwargs)
+        finally:
+            self.is_trained_ = self.is_trained_ or was_trained
+            self.history_ = _merge_history(previous, self.history_, phase)
+
+    @torch.no_grad()  # not inference_mode: new parameters created here must be trainable
+    def initialize_gmm(self, resolution: float = 1.0, batch_size: int | None = None) -> np.ndarray:
+        """Initialise the mixture prior from clusters of the current joint latent of all cells.
+
+        Called by :meth:`train` after pretraining. ``K`` is the number of Leiden clusters when ``n_centroids``
+        was ``None`` (and is then saved with the model), else KMeans with ``n_centroids`` clusters is used.
+
+        Parameters
+        ----------
+        resolution
+            Leiden resolution.
+        batch_size
+            Minibatch size for encoding the cells.
+
+        Returns
+        -------
+        The cluster label of each cell used for the initialisation.
+        """
+        latent = self._latent_means(self.adata, None, batch_size, "joint")
+        # the user's n_centroids until the first initialisation, the resolved K afterwards
+        n_centroids = self.init_params_["non_kwargs"]["n_centroids"]
+        if n_centroids is None:
+            labels = leiden_labels(latent, resolution=resolution, seed=settings.seed)
+        else:
+            labels = kmeans_labels(latent, n_centroids, seed=settings.seed)
+        means, variances, weights = cluster_statistics(latent, labels)
+        self.module.initialize_gmm(
+            torch.as_tensor(means, dtype=torch.float32),
+            torch.as_tensor(variances, dtype=torch.float32),
+            torch.as_tensor(weights, dtype=torch.float32),
+        )
+        self.init_params_["non_kwargs"]["n_centroids"] = len(weights)
+        logger.info("Mixture prior initialised with K = %d components.", len(weights))
+        self._update_summary()
+        return labels
+
+    @property
+    def n_centroids(self) -> int:
+        """Current number of mixture components."""
+        return self.module.prior.n_components
+
+    def _update_summary(self) -> None:
+        module = self.module
+        k = f"K={module.prior.n_components}" if bool(module.gmm_initialized) else "K=set at training"
+        batches = self.summary_stats.n_batch
+        self._model_summary_string = (
+            f"SCMVP model: n_latent={module.n_latent}, n_hidden={module.n_hidden}, {k}; "
+            f"RNA: {module.n_input_rna} genes, {module.rna_likelihood} likelihood; "
+            f"ATAC: {module.n_input_atac} peaks, {module.atac_likelihood} likelihood; "
+            f"{batches} batch{'es' if batches != 1 else ''}."
+        )
+
+    # ------------------------------------------------------------------ minibatch iteration
+    @property
+    def modality_names(self) -> dict[str, str]:
+        """Names of the RNA and ATAC modalities in the registered MuData."""
+        modalities = self.adata_manager.registry["setup_args"]["modalities"]
+        return {"rna": modalities["rna_layer"], "atac": modalities["atac_layer"]}
+
+    def _batches(
+        self,
+        mdata: MuData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        use_mean: bool = True,
+        transform_batch: str | int | None = None,
+        decode: bool = True,
+    ) -> Iterator[tuple[dict, dict | None]]:
+        """Yield ``(inference outputs, generative outputs)`` per minibatch, in cell order."""
+        mdata = self._validate_anndata(mdata)
+        batch_code = self._batch_code(transform_batch)
+        loader = self._make_data_loader(adata=mdata, indices=indices, batch_size=batch_size)
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            for tensors in loader:
+                inference_inputs = self.module._get_inference_input(tensors)
+                inference_outputs = self.module.inference(**inference_inputs, use_mean=use_mean)
+                generative_outputs = None
+                if decode:
+                    generative_inputs = self.module._get_generative_input(tensors, inference_outputs, batch_code)
+                    generative_outputs = self.module.generative(**generative_inputs)
+                yield inference_outputs, generative_outputs
+        finally:
+            self.module.train(was_training)
+
+    def _batch_code(self, transform_batch: str | int | None) -> int | None:
+        if transform_batch is None:
+            return None
+        mapping = list(self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping)
+        if transform_batch not in mapping:
+            raise ValueError(f"transform_batch {transform_batch!r} is not a registered batch; choose from {mapping}.")
+        return mapping.index(transform_batch)
+
+    def _n_cells(self, mdata: MuData | None, indices: Sequence[int] | None) -> int:
+        return len(indices) if indices is not None else self._validate_anndata(mdata).n_obs
+
+    def _fill(self, mdata, indices, batch_size, n_features: int, compute: Callable, **kwargs) -> np.ndarray:
+        """Stack per-minibatch outputs into a preallocated float32 array, chunk by chunk."""
+        out = np.empty((self._n_cells(mdata, indices), n_features), dtype=np.float32)
+        start = 0
+        for inference_outputs, generative_outputs in self._batches(mdata, indices, batch_size, **kwargs):
+            chunk = compute(inference_outputs, generative_outputs).detach().cpu().numpy()
+            out[start : start + len(chunk)] = chunk
+            start += len(chunk)
+        return out
+
+    def _latent_means(self, mdata, indices, batch_size, modality: str) -> np.ndarray:
+        key = {"joint": "qz", "rna": "qz_rna", "atac": "qz_atac"}[modality]
+        return self._fill(mdata, indices, batch_size, self.module.n_latent, lambda inf, gen: inf[key].loc, decode=False)
+
+    def _target(self, mdata: MuData | None) -> MuData:
+        return self.adata if mdata is None else mdata
+
+    # ------------------------------------------------------------------ outputs
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        mdata: MuData | None = None,
+        modality: str = "joint",
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+        key_added: str | None = "X_scmvp",
+    ) -> np.ndarray:
+        """Latent representation of each cell.
+
+        Parameters
+        ----------
+        mdata
+            MuData to embed (default: the one the model was set up with); must have the same modalities and
+            features.
+        modality
+            ``"joint"`` (the scMVP latent), ``"rna"`` or ``"atac"`` (single-modality encoders).
+        indices
+            Cells to embed (default all). Results are written to the MuData only when all cells are embedded.
+        give_mean
+            Return posterior means; otherwise one sample per cell.
+        batch_size
+            Minibatch size.
+        key_added
+            ``mdata.obsm`` key for the result (``"X_scmvp"``; ``"X_scmvp_rna"``/``"X_scmvp_atac"`` for single
+            modalities). ``None`` writes nothing.
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_latent)``.
+        """
+        self._check_if_trained(warn=False)
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}.")
+        key = {"joint": "qz", "rna": "qz_rna", "atac": "qz_atac"}[modality]
+        latent = self._fill(
+            mdata,
+            indices,
+            batch_size,
+            self.module.n_latent,
+            lambda inf, gen: inf[key].loc if give_mean else inf[key].sample(),
+            decode=False,
+        )
+        if key_added is not None and indices is None:
+            name = key_added if modality == "joint" else f"{key_added}_{modality}"
+            self._target(mdata).obsm[name] = latent
+        return latent
+
+    @torch.inference_mode()
+    def get_cluster_assignments(
+        self,
+        mdata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        key_added: str | None = "scmvp_cluster",
+    ) -> np.ndarray:
+        """Mixture component of each cell: the argmax of ``p(c | z)`` at the joint posterior mean.
+
+        Labels go to ``mdata.obs[key_added]`` (categorical) and the probabilities to
+        ``mdata.obsm[key_added + "_probs"]`` when all cells are assigned.
+
+        Returns
+        -------
+        Integer labels, shape ``(n_cells,)``.
+        """
+        self._check_if_trained(warn=False)
+        probs = self._fill(
+            mdata,
+            indices,
+            batch_size,
+            self.module.prior.n_components,
+            lambda inf, gen: self.module.prior.log_responsibilities(inf["qz"].loc).exp(),
+            decode=False,
+        )
+        labels = probs.argmax(1)
+        if key_added is not None and indices is None:
+            target = self._target(mdata)
+            categories = [str(k) for k in range(probs.shape[1])]
+            target.obs[key_added] = pd.Categorical([str(k) for k in labels], categories=categories)
+            target.obsm[f"{key_added}_probs"] = probs
+        return labels
+
+    @torch.inference_mode()
+    def get_imputed_values(
+        self,
+        mdata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        n_samples: int = 1,
+        give_mean: bool = True,
+        layer_key: str | None = "scmvp_imputed",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Denoised (imputed) counts of both modalities at each cell's observed library size.
+
+        RNA: the mean of the RNA observation model. ATAC: the mean count of the peak (for
+        ``atac_likelihood="bernoulli"``, the probability that it is open). Zero-inflation is not applied: these
+        are the values before technical dropout.
+
+        Parameters
+        ----------
+        mdata, indices, batch_size
+            As in :meth:`get_latent_representation`.
+        n_samples
+            With ``give_mean=False``, average the decoded means over this many posterior samples.
+        give_mean
+            Decode the posterior mean of the latent (deterministic, default).
+        layer_key
+            Layer name for the results in the RNA and ATAC modalities (written when all cells are imputed);
+            ``None`` writes nothing.
+
+        Returns
+        -------
+        ``(rna, atac)`` float32 arrays of shape ``(n_cells, n_genes)`` and ``(n_cells, n_peaks)``, computed
+        minibatch by minibatch.
+        """
+        self._check_if_trained(warn=False)
+        bernoulli = self.module.atac_likelihood == "bernoulli"
+
+        def atac_values(gen):
+            return self.module.probability_open(gen["px_atac"]) if bernoulli else gen["px_atac"]["mu"]
+
+        rna = self._averaged(mdata, indices, batch_size, n_samples, give_mean, "rna", lambda gen: gen["px_rna"]["mu"])
+        atac = self._averaged(mdata, indices, batch_size, n_samples, give_mean, "atac", atac_values)
+        if layer_key is not None and indices is None:
+            target = self._target(mdata)
+            target.mod[self.modality_names["rna"]].layers[layer_key] = rna
+            target.mod[self.modality_names["atac"]].layers[layer_key] = atac
+        return rna, atac
+
+    def _averaged(self, mdata, indices, batch_size, n_samples, give_mean, modality, compute) -> np.ndarray:
+        """Decode at the posterior mean, or average the decoded values over ``n_samples`` posterior draws."""
+        n_features = self.module.n_input_rna if modality == "rna" else self.module.n_input_atac
+        draws = 1 if give_mean else n_samples
+        if draws < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
+        total = None
+        for _ in range(draws):
+            values = self._fill(
+                mdata, indices, batch_size, n_features, lambda inf, gen: compute(gen), use_mean=give_mean
+            )
+            total = values if total is None else total + values
+        return total / draws
+
+    @torch.inference_mode()
+    def get_normalized_expression(
+        self,
+        mdata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        gene_list: Sequence[str] | None = None,
+        transform_batch: str | None = None,
+        library_size: float = 1.0,
+        batch_size: int | None = None,
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray:
+        """Normalised expression ``rho`` (proportions summing to one per cell) times ``library_size``.
+
+        Parameters
+        ----------
+        gene_list
+            Genes to return (default all).
+        transform_batch
+            Decode every cell as if it came from this batch (batch-corrected expression).
+        library_size
+            Scale of the proportions (e.g. 1e4 for CP10k-like values).
+        return_numpy
+            Return an array instead of a cells x genes DataFrame.
+        """
+        self._check_if_trained(warn=False)
+        names = self._target(mdata).mod[self.modality_names["rna"]].var_names
+        columns = self._feature_indices(names, gene_list, "gene_list")
+        values = self._fill(
+            mdata,
+            indices,
+            batch_size,
+            len(columns),
+            lambda inf, gen: gen["px_rna"]["rho"][:, columns] * library_size,
+            transform_batch=transform_batch,
+        )
+        return (
+            values
+            if return_numpy
+            else pd.DataFrame(values, index=self._obs_names(mdata, indices), columns=names[columns])
+        )
+
+    @torch.inference_mode()
+    def get_normalized_accessibility(
+        self,
+        mdata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        region_list: Sequence[str] | None = None,
+        transform_batch: str | None = None,
+        threshold: float | None = None,
+        batch_size: int | None = None,
+        return_numpy: bool = False,
+    ) -> pd.DataFrame | np.ndarray | sparse.csr_matrix:
+        """Probability that each peak is open in each cell, under the ATAC observation model.
+
+        Parameters
+        ----------
+        region_list
+            Peaks to return (default all).
+        transform_batch
+            Decode every cell as if it came from this batch.
+        threshold
+            If given, probabilities below it are set to zero and the result is sparse (CSR matrix, or a sparse
+            DataFrame), built chunk by chunk.
+        return_numpy
+            Return an array (or CSR matrix) instead of a DataFrame.
+        """
+        self._check_if_trained(warn=False)
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold}.")
+        names = self._target(mdata).mod[self.modality_names["atac"]].var_names
+        columns = self._feature_indices(names, region_list, "region_list")
+        index = self._obs_names(mdata, indices)
+        compute = lambda inf, gen: self.module.probability_open(gen["px_atac"])[:, columns]  # noqa: E731
+        if threshold is None:
+            values = self._fill(mdata, indices, batch_size, len(columns), compute, transform_batch=transform_batch)
+            return values if return_numpy else pd.DataFrame(values, index=index, columns=names[columns])
+        chunks = []
+        for inf, gen in self._batches(mdata, indices, batch_size, transform_batch=transform_batch):
+            chunk = compute(inf, gen).cpu().numpy()
+            chunk[chunk < threshold] = 0
+            chunks.append(sparse.csr_matrix(chunk))
+        values = sparse.vstack(chunks, format="csr")
+        return (
+            values if return_numpy else pd.DataFrame.sparse.from_spmatrix(values, index=index, columns=names[columns])
+        )
+
+    def _obs_names(self, mdata: MuData | None, indices: Sequence[int] | None) -> pd.Index:
+        names = self._target(mdata).obs_names
+        return names if indices is None else names[np.asarray(indices)]
+
+    @staticmethod
+    def _feature_indices(names: pd.Index, subset: Sequence[str] | None, argument: str) -> np.ndarray:
+        if subset is None:
+            return np.arange(len(names))
+        positions = names.get_indexer(list(subset))
+        if (positions < 0).any():
+            missing = [s for s, p in zip(subset, positions, strict=True) if p < 0][:5]
+            raise ValueError(f"{argument} has names that are not features of the model, e.g. {missing}.")
+        return positions
+
+
+def _merge_history(
+    previous: dict[str, pd.DataFrame] | None, new: dict[str, pd.DataFrame] | None, phase: str
+) -> dict[str, pd.DataFrame] | None:
+    """Append one phase's history to the previous one; ``training_phase`` records the phase of each epoch."""
+    if not new:
+        return previous
+    new = {key: frame.copy() for key, frame in new.items()}
+    n_epochs = len(new["train_loss"]) if "train_loss" in new else 0
+    new["training_phase"] = pd.DataFrame({"training_phase": [phase] * n_epochs})
+    if not previous:
+        return new
+    merged = dict(previous)
+    for key, frame in new.items():
+        if key in merged:
+            offset = len(merged[key])
+            frame.index = pd.RangeIndex(offset, offset + len(frame), name=merged[key].index.name)
+            merged[key] = pd.concat([merged[key], frame])
+        else:
+            merged[key] = frame
+    return merged

@@ -1,0 +1,389 @@
+"""The scMVP generative model and its inference networks as a scvi-tools module."""
+
+from __future__ import annotations
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from ._components import (
+    ATACEncoder,
+    GaussianMixturePrior,
+    JointEncoder,
+    PosteriorFusion,
+    RNAEncoder,
+    TwoChannelDecoder,
+    rebuild_cluster_attention,
+)
+from ._likelihoods import (
+    ATAC_LIKELIHOODS,
+    RNA_LIKELIHOODS,
+    WITH_DISPERSION,
+    ZERO_INFLATED,
+    log_likelihood,
+    probability_nonzero,
+)
+
+
+def _kl_standard_normal(q: Normal) -> torch.Tensor:
+    return kl_divergence(q, Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))).sum(-1)
+
+
+class SCMVPModule(BaseModuleClass):
+    """scMVP: joint VAE of paired RNA and ATAC counts with a Gaussian-mixture prior.
+
+    Inference uses three encoders: an RNA encoder (mask-attention branch), an ATAC encoder (self-attention branch)
+    and the joint encoder whose shared layer combines both branches; its posterior is the scMVP latent. The
+    single-modality posteriors are fused and tied to the joint one. The decoder has one channel per modality,
+    both gated by an attention module driven by the cluster responsibilities ``p(c | z)``. The cycle-consistency
+    head re-encodes the decoded means and ties their cluster assignments and fused posterior to those of the data.
+
+    Training has two phases. Before :meth:`initialize_gmm` is called (pretraining), each encoder is trained as a
+    VAE with a standard normal prior through the shared decoder channels and the cluster gate is neutral. After
+    it, the mixture prior, the gate, the cluster terms and the cycle head are active.
+
+    Parameters
+    ----------
+    n_input_rna
+        Number of genes.
+    n_input_atac
+        Number of peaks.
+    n_batch
+        Number of batches (1 for none).
+    n_cats_per_cov
+        Number of categories of each extra categorical covariate.
+    n_latent
+        Latent dimension.
+    n_hidden
+        Hidden units of every encoder and decoder layer.
+    n_centroids
+        Initial number of mixture components; :meth:`initialize_gmm` may change it.
+    n_heads
+        Heads of the hidden-unit self-attention (must divide ``n_hidden``).
+    dropout_rate
+        Dropout in the encoders.
+    rna_likelihood
+        ``"nb"``, ``"zinb"`` or ``"poisson"``.
+    atac_likelihood
+        ``"zip"``, ``"poisson"``, ``"nb"`` or ``"bernoulli"`` (on binarised peaks).
+    encode_covariates
+        Also inject batch and categorical covariates into the encoders (they always enter the decoder).
+    rna_weight, atac_weight
+        Weights of the two reconstruction terms.
+    cluster_weight
+        Weight of the cluster terms (consistency, sharpness, balance).
+    joint_kl_weight
+        Weight of ``KL(q_joint || q_fused)``.
+    cycle_kl_weight
+        Weight of ``KL(q_fused || q_fused of the re-encoded means)``.
+    sharpness_weight, balance_weight
+        Weights, inside the cluster terms, of the per-cell sharpness ``-sum_k gamma_k^2`` and of the negative
+        entropy of the minibatch cluster marginal (minimising it spreads cells over clusters).
+    """
+
+    def __init__(
+        self,
+        n_input_rna: int,
+        n_input_atac: int,
+        n_batch: int = 1,
+        n_cats_per_cov: list[int] | None = None,
+        n_latent: int = 20,
+        n_hidden: int = 128,
+        n_centroids: int = 1,
+        n_heads: int = 8,
+        dropout_rate: float = 0.1,
+        rna_likelihood: str = "nb",
+        atac_likelihood: str = "zip",
+        encode_covariates: bool = True,
+        rna_weight: float = 3.0,
+        atac_weight: float = 0.1,
+        cluster_weight: float = 0.5,
+        joint_kl_weight: float = 0.1,
+        cycle_kl_weight: float = 0.1,
+        sharpness_weight: float = 50.0,
+        balance_weight: float = 50.0,
+    ):
+        super().__init__()
+        if rna_likelihood not in RNA_LIKELIHOODS:
+            raise ValueError(f"rna_likelihood must be one of {RNA_LIKELIHOODS}, got {rna_likelihood!r}.")
+        if atac_likelihood not in ATAC_LIKELIHOODS:
+            raise ValueError(f"atac_likelihood must be one of {ATAC_LIKELIHOODS}, got {atac_likelihood!r}.")
+        if n_hidden % n_heads != 0:
+            raise ValueError(
+                f"n_hidden ({n_hidden}) must be divisible by n_heads ({n_heads}); e.g. use n_hidden=128, n_heads=8."
+            )
+        self.n_input_rna, self.n_input_atac = n_input_rna, n_input_atac
+        self.n_batch, self.n_latent, self.n_hidden = n_batch, n_latent, n_hidden
+        self.n_centroids = n_centroids
+        self.rna_likelihood, self.atac_likelihood = rna_likelihood, atac_likelihood
+        self.latent_distribution = "normal"
+        self.weights = {
+            "rna": rna_weight,
+            "atac": atac_weight,
+            "cluster": cluster_weight,
+            "joint_kl": joint_kl_weight,
+            "cycle_kl": cycle_kl_weight,
+            "sharpness": sharpness_weight,
+            "balance": balance_weight,
+        }
+
+        cat_list = [n_batch, *(n_cats_per_cov or [])]
+        encoder_cats = cat_list if encode_covariates else None
+        self.rna_encoder = RNAEncoder(n_input_rna, n_hidden, n_latent, encoder_cats, dropout_rate)
+        self.atac_encoder = ATACEncoder(n_input_atac, n_hidden, n_latent, n_heads, encoder_cats, dropout_rate)
+        self.joint_encoder = JointEncoder(
+            n_input_rna, n_input_atac, n_hidden, n_latent, n_heads, encoder_cats, dropout_rate
+        )
+        self.fusion = PosteriorFusion(n_latent)
+        self.prior = GaussianMixturePrior(n_centroids, n_latent)
+        self.decoder = TwoChannelDecoder(
+            n_latent,
+            n_hidden,
+            n_input_rna,
+            n_input_atac,
+            n_heads,
+            n_centroids,
+            cat_list,
+            rna_zero_inflation=rna_likelihood in ZERO_INFLATED,
+            atac_zero_inflation=atac_likelihood in ZERO_INFLATED,
+        )
+        self.rna_log_theta = nn.Parameter(torch.randn(n_input_rna)) if rna_likelihood in WITH_DISPERSION else None
+        self.atac_log_theta = nn.Parameter(torch.randn(n_input_atac)) if atac_likelihood in WITH_DISPERSION else None
+        self.register_buffer("gmm_initialized", torch.tensor(False))
+
+    # ------------------------------------------------------------------ mixture prior
+    @torch.no_grad()
+    def initialize_gmm(self, means: torch.Tensor, variances: torch.Tensor, weights: torch.Tensor) -> None:
+        """Set the mixture prior and switch the module from pretraining to joint training.
+
+        The prior and the decoder's attention module are rebuilt when the number of components changes.
+        """
+        n_components = means.shape[0]
+        device = self.gmm_initialized.device
+        if n_components != self.prior.n_components:
+            self.prior = GaussianMixturePrior(n_components, self.n_latent).to(device)
+            rebuild_cluster_attention(self.decoder, n_components)
+            self.n_centroids = n_components
+        self.prior.set_parameters(means.to(device), variances.to(device), weights.to(device))
+        self.gmm_initialized.fill_(True)
+
+    # ------------------------------------------------------------------ scvi-tools plumbing
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        return {
+            "x_rna": tensors[REGISTRY_KEYS.X_KEY],
+            "x_atac": tensors[REGISTRY_KEYS.ATAC_X_KEY],
+            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
+            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+        }
+
+    def _get_generative_input(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict[str, torch.Tensor],
+        transform_batch: int | None = None,
+    ) -> dict[str, torch.Tensor | None]:
+        batch_index = tensors[REGISTRY_KEYS.BATCH_KEY]
+        if transform_batch is not None:
+            batch_index = torch.full_like(batch_index, int(transform_batch))
+        return {
+            "z": inference_outputs["z"],
+            "library_rna": inference_outputs["library_rna"],
+            "library_atac": inference_outputs["library_atac"],
+            "log_gamma": inference_outputs["log_gamma"],
+            "batch_index": batch_index,
+            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+        }
+
+    @staticmethod
+    def _covariates(batch_index: torch.Tensor, cat_covs: torch.Tensor | None) -> list[torch.Tensor]:
+        covariates = [batch_index]
+        if cat_covs is not None:
+            covariates += list(torch.split(cat_covs, 1, dim=1))
+        return covariates
+
+    # ------------------------------------------------------------------ model
+    @auto_move_data
+    def inference(
+        self,
+        x_rna: torch.Tensor,
+        x_atac: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+        use_mean: bool = False,
+    ) -> dict[str, torch.Tensor | Normal | None]:
+        """Encode a minibatch.
+
+        ``use_mean=True`` decodes from the posterior mean (deterministic outputs).
+        """
+        covariates = self._covariates(batch_index, cat_covs)
+        # observed library sizes; a cell with no counts gets library 1 instead of log(0)
+        library_rna = torch.log(x_rna.sum(-1, keepdim=True).clamp_min(1.0))
+        library_atac = torch.log(x_atac.sum(-1, keepdim=True).clamp_min(1.0))
+        x_log, y_log = torch.log1p(x_rna), torch.log1p(x_atac)
+
+        qz = self.joint_encoder(x_log, y_log, *covariates)
+        qz_rna = self.rna_encoder(x_log, *covariates)
+        qz_atac = self.atac_encoder(y_log, *covariates)
+        z = qz.loc if use_mean else qz.rsample()
+        log_gamma = self.prior.log_responsibilities(z) if bool(self.gmm_initialized) else None
+        return {
+            "z": z,
+            "qz": qz,
+            "qz_rna": qz_rna,
+            "qz_atac": qz_atac,
+            "z_rna": qz_rna.loc if use_mean else qz_rna.rsample(),
+            "z_atac": qz_atac.loc if use_mean else qz_atac.rsample(),
+            "library_rna": library_rna,
+            "library_atac": library_atac,
+            "log_gamma": log_gamma,
+        }
+
+    def _decode_rna(self, z, gate, library, covariates) -> dict[str, torch.Tensor | None]:
+        rho, zi_logits = self.decoder.rna(z, gate, *covariates)
+        theta = self.rna_log_theta.exp() if self.rna_log_theta is not None else None
+        return {"rho": rho, "mu": torch.exp(library) * rho, "theta": theta, "zi_logits": zi_logits}
+
+    def _decode_atac(self, z, gate, library, covariates) -> dict[str, torch.Tensor | None]:
+        alpha, zi_logits = self.decoder.atac(z, gate, *covariates)
+        theta = self.atac_log_theta.exp() if self.atac_log_theta is not None else None
+        return {"alpha": alpha, "mu": torch.exp(library) * alpha, "theta": theta, "zi_logits": zi_logits}
+
+    @auto_move_data
+    def generative(
+        self,
+        z: torch.Tensor,
+        library_rna: torch.Tensor,
+        library_atac: torch.Tensor,
+        log_gamma: torch.Tensor | None,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+    ) -> dict[str, dict[str, torch.Tensor | None] | torch.Tensor]:
+        """Decode latent ``z`` into the parameters of both observation models."""
+        covariates = self._covariates(batch_index, cat_covs)
+        gate = self.decoder.gate(None if log_gamma is None else log_gamma.exp(), z.shape[0])
+        return {
+            "px_rna": self._decode_rna(z, gate, library_rna, covariates),
+            "px_atac": self._decode_atac(z, gate, library_atac, covariates),
+            "gate": gate,
+        }
+
+    def _nll(self, modality: str, x: torch.Tensor, params: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        likelihood = self.rna_likelihood if modality == "rna" else self.atac_likelihood
+        return -log_likelihood(likelihood, x, params["mu"], params["theta"], params["zi_logits"])
+
+    def probability_open(self, px_atac: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        """Probability that each peak is open (observed non-zero) under the ATAC observation model."""
+        return probability_nonzero(self.atac_likelihood, px_atac["mu"], px_atac["theta"], px_atac["zi_logits"])
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict,
+        generative_outputs: dict,
+        kl_weight: float = 1.0,
+    ) -> LossOutput:
+        """Weighted scMVP objective.
+
+        ``reconstruction_loss`` holds the unweighted negative log-likelihoods and ``kl_local`` the prior KL, so
+        that scvi-tools' ELBO is a true ELBO; the optimised ``loss`` applies the scMVP weights and adds the
+        auxiliary terms, which are reported in ``extra_metrics``.
+        """
+        x_rna, x_atac = tensors[REGISTRY_KEYS.X_KEY], tensors[REGISTRY_KEYS.ATAC_X_KEY]
+        w = self.weights
+        nll_rna = self._nll("rna", x_rna, generative_outputs["px_rna"])
+        nll_atac = self._nll("atac", x_atac, generative_outputs["px_atac"])
+        qz, qz_rna, qz_atac = inference_outputs["qz"], inference_outputs["qz_rna"], inference_outputs["qz_atac"]
+        q_fused = self.fusion(qz_rna, qz_atac)
+        kl_joint = kl_divergence(qz, q_fused).sum(-1)
+        if bool(self.gmm_initialized):
+            total, kl_prior, extra = self._joint_terms(tensors, inference_outputs, generative_outputs, q_fused)
+        else:
+            total, kl_prior, extra = self._pretraining_terms(tensors, inference_outputs)
+        kl_total = kl_prior + extra.pop("_kl_aux") + w["joint_kl"] * kl_joint
+        loss = w["rna"] * nll_rna + w["atac"] * nll_atac + total + kl_weight * kl_total
+        metrics = {
+            "nll_rna": nll_rna.mean(),
+            "nll_atac": nll_atac.mean(),
+            "kl_prior": kl_prior.mean(),
+            "kl_joint": kl_joint.mean(),
+            **{k: v.mean() for k, v in extra.items()},
+        }
+        return LossOutput(
+            loss=loss.mean(),
+            reconstruction_loss={"rna": nll_rna, "atac": nll_atac},
+            kl_local={"kl_prior": kl_prior},
+            extra_metrics={k: v.detach() for k, v in metrics.items()},
+        )
+
+    def _pretraining_terms(self, tensors, inference_outputs):
+        """Single-modality VAEs through the shared decoder channels, standard normal priors."""
+        covariates = self._covariates(tensors[REGISTRY_KEYS.BATCH_KEY], tensors.get(REGISTRY_KEYS.CAT_COVS_KEY))
+        z_rna, z_atac = inference_outputs["z_rna"], inference_outputs["z_atac"]
+        gate = self.decoder.gate(None, z_rna.shape[0])
+        px_rna = self._decode_rna(z_rna, gate, inference_outputs["library_rna"], covariates)
+        px_atac = self._decode_atac(z_atac, gate, inference_outputs["library_atac"], covariates)
+        nll_rna_single = self._nll("rna", tensors[REGISTRY_KEYS.X_KEY], px_rna)
+        nll_atac_single = self._nll("atac", tensors[REGISTRY_KEYS.ATAC_X_KEY], px_atac)
+        kl_prior = _kl_standard_normal(inference_outputs["qz"])
+        kl_single = _kl_standard_normal(inference_outputs["qz_rna"]) + _kl_standard_normal(inference_outputs["qz_atac"])
+        total = self.weights["rna"] * nll_rna_single + self.weights["atac"] * nll_atac_single
+        extra = {"nll_rna_single": nll_rna_single, "nll_atac_single": nll_atac_single, "_kl_aux": kl_single}
+        return total, kl_prior, extra
+
+    def _joint_terms(self, tensors, inference_outputs, generative_outputs, q_fused):
+        """Mixture-prior KL, cycle-consistency head and cluster terms."""
+        w = self.weights
+        covariates = self._covariates(tensors[REGISTRY_KEYS.BATCH_KEY], tensors.get(REGISTRY_KEYS.CAT_COVS_KEY))
+        log_gamma = inference_outputs["log_gamma"]
+        gamma = log_gamma.exp()
+        kl_prior = self.prior.kl_divergence(inference_outputs["qz"], log_gamma)
+
+        # cycle: re-encode the decoded means with the single-modality encoders
+        mu_rna = generative_outputs["px_rna"]["mu"]
+        mu_atac = generative_outputs["px_atac"]["mu"]
+        q_cycle = self.fusion(
+            self.rna_encoder(torch.log1p(mu_rna), *covariates),
+            self.atac_encoder(torch.log1p(mu_atac), *covariates),
+        )
+        log_gamma_cycle = self.prior.log_responsibilities(q_cycle.rsample())
+        kl_cycle = kl_divergence(q_fused, q_cycle).sum(-1)
+
+        consistency = -(gamma * log_gamma_cycle).sum(-1)
+        sharpness = -(gamma**2).sum(-1)
+        marginal = gamma.mean(0)
+        negative_entropy = (marginal * torch.log(marginal + 1e-10)).sum().expand_as(sharpness)
+        cluster = consistency + w["sharpness"] * sharpness + w["balance"] * negative_entropy
+        extra = {
+            "kl_cycle": kl_cycle,
+            "cluster_consistency": consistency,
+            "cluster_sharpness": sharpness,
+            "cluster_balance": negative_entropy,
+            "_kl_aux": w["cycle_kl"] * kl_cycle,
+        }
+        return w["cluster"] * cluster, kl_prior, extra
+
+    @torch.inference_mode()
+    def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior predictive samples of both modalities, shapes ``(n_samples, n_obs, n_features)``."""
+        _, generative_outputs = self.forward(tensors, compute_loss=False)
+        rna = self._sample_counts(self.rna_likelihood, generative_outputs["px_rna"], n_samples)
+        atac = self._sample_counts(self.atac_likelihood, generative_outputs["px_atac"], n_samples)
+        return rna, atac
+
+    @staticmethod
+    def _sample_counts(likelihood: str, params: dict, n_samples: int) -> torch.Tensor:
+        mu, theta, zi = params["mu"], params["theta"], params["zi_logits"]
+        shape = (n_samples,)
+        if likelihood == "nb":
+            return NegativeBinomial(mu=mu, theta=theta).sample(shape)
+        if likelihood == "zinb":
+            return ZeroInflatedNegativeBinomial(mu=mu, theta=theta, zi_logits=zi).sample(shape)
+        counts = torch.distributions.Poisson(mu).sample(shape)
+        if likelihood == "zip":
+            counts = counts * torch.distributions.Bernoulli(logits=-zi).sample(shape)
+        if likelihood == "bernoulli":
+            counts = (counts > 0).float()
+        return counts

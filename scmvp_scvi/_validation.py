@@ -1,0 +1,111 @@
+"""Checks on the user's MuData that run before any model is built or trained."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from anndata import AnnData
+from mudata import MuData
+from scipy import sparse
+
+DEFAULT_MODALITIES = {"rna_layer": "rna", "atac_layer": "atac"}
+
+
+def resolve_modalities(mdata: MuData, modalities: dict[str, str] | None) -> dict[str, str]:
+    """Return the modality mapping, defaulting to the modalities named ``rna`` and ``atac``."""
+    if not isinstance(mdata, MuData):
+        hint = " Build one with mudata.MuData({'rna': rna, 'atac': atac})." if isinstance(mdata, AnnData) else ""
+        raise TypeError(f"SCMVP.setup_mudata expects a MuData object, got {type(mdata).__name__}.{hint}")
+    if mdata.is_view:
+        raise ValueError("The MuData is a view; call setup_mudata on a copy instead: mdata = mdata.copy().")
+    available = list(mdata.mod)
+    if modalities is None:
+        missing = [name for name in DEFAULT_MODALITIES.values() if name not in mdata.mod]
+        if missing:
+            raise ValueError(
+                f"No modality named {missing} in the MuData (it has {available}). Name them explicitly, e.g. "
+                "modalities={'rna_layer': 'gex', 'atac_layer': 'peaks'}."
+            )
+        return dict(DEFAULT_MODALITIES)
+    if not isinstance(modalities, dict):
+        raise TypeError(f"modalities must be a dict such as {DEFAULT_MODALITIES}, got {type(modalities).__name__}.")
+    resolved = {**DEFAULT_MODALITIES, **modalities}
+    for argument, name in resolved.items():
+        if name is not None and name not in mdata.mod:
+            raise ValueError(f"modalities[{argument!r}] = {name!r} is not a modality of the MuData ({available}).")
+    if resolved["rna_layer"] == resolved["atac_layer"]:
+        raise ValueError("The RNA and ATAC data must come from two different modalities.")
+    return resolved
+
+
+def _matrix(adata: AnnData, layer: str | None, modality: str):
+    if layer is None:
+        if adata.X is None:
+            raise ValueError(f"mdata[{modality!r}].X is empty; pass the layer holding the counts.")
+        return adata.X
+    if layer not in adata.layers:
+        raise ValueError(
+            f"Layer {layer!r} not found in mdata[{modality!r}].layers (available: {list(adata.layers)}). "
+            "Pass layer=None to use .X."
+        )
+    return adata.layers[layer]
+
+
+def _stored_values(x) -> np.ndarray:
+    if sparse.issparse(x):
+        return np.asarray(x.data)
+    if isinstance(x, np.ndarray):
+        return x
+    raise TypeError(f"Unsupported matrix type {type(x).__name__}; use a numpy array or a scipy sparse CSR/CSC matrix.")
+
+
+def check_counts(adata: AnnData, layer: str | None, modality: str) -> None:
+    """Raise if the registered matrix is not a finite, non-negative numeric matrix with cells and features."""
+    x = _matrix(adata, layer, modality)
+    where = f"mdata[{modality!r}]" + (f".layers[{layer!r}]" if layer else ".X")
+    values = _stored_values(x)
+    if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
+        raise TypeError(f"{where} has dtype {values.dtype}; counts must be integers or floats.")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{where} has shape {x.shape}; it needs at least one cell and one feature.")
+    if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
+        raise ValueError(f"{where} contains NaN or infinite values; remove or impute them before setup.")
+    if values.size and values.min() < 0:
+        raise ValueError(f"{where} contains negative values; SCMVP models raw (non-negative) counts.")
+
+
+def check_alignment(mdata: MuData, modalities: Sequence[str]) -> None:
+    """Raise unless every modality holds exactly ``mdata.obs_names`` in the same order."""
+    for name in modalities:
+        mod_names = mdata.mod[name].obs_names
+        if mod_names.equals(mdata.obs_names):
+            continue
+        if len(mod_names) != mdata.n_obs or not mod_names.isin(mdata.obs_names).all():
+            raise ValueError(
+                f"Modality {name!r} has {mdata.mod[name].n_obs} cells but the MuData has {mdata.n_obs}: SCMVP needs "
+                "paired cells. Keep the shared cells with muon.pp.intersect_obs(mdata)."
+            )
+        raise ValueError(
+            f"Cells of modality {name!r} are ordered differently from mdata.obs_names. Reorder them, e.g. "
+            f"mdata.mod[{name!r}] = mdata.mod[{name!r}][mdata.obs_names].copy(); mdata.update()."
+        )
+
+
+def check_obs_keys(mdata: MuData, keys: Sequence[str], modality: str | None, argument: str) -> None:
+    """Raise if an ``.obs`` column is missing, saying where it was looked for and where it exists."""
+    obs = mdata.obs if modality is None else mdata.mod[modality].obs
+    place = "mdata.obs" if modality is None else f"mdata[{modality!r}].obs"
+    for key in keys:
+        if key in obs.columns:
+            if obs[key].isna().any():
+                raise ValueError(f"{place}[{key!r}] (from {argument}) has missing values; fill them first.")
+            continue
+        found = [name for name in mdata.mod if key in mdata.mod[name].obs.columns]
+        hint = (
+            f" It exists in {[f'mdata[{n!r}].obs' for n in found]}: pass modalities={{{argument!r}: {found[0]!r}}} "
+            "or copy it with mdata.pull_obs()."
+            if found
+            else ""
+        )
+        raise ValueError(f"{argument} {key!r} not found in {place}.{hint}")
