@@ -689,7 +689,7 @@ def _merge_history(
     """Append one phase's history to the previous one; ``training_phase`` records the phase of each epoch."""
     if not new:
         return previous
-    new = {key: frame.copy() for key, frame in new.items()}
+    new = {key: _as_float(frame) for key, frame in new.items()}
     n_epochs = len(new["train_loss"]) if "train_loss" in new else 0
     new["training_phase"] = pd.DataFrame({"training_phase": [phase] * n_epochs})
     if not previous:
@@ -703,3 +703,11 @@ def _merge_history(
         else:
             merged[key] = frame
     return merged
+
+
+def _as_float(frame: pd.DataFrame) -> pd.DataFrame:
+    """Copy of a logged metric with float values (the logger stores them as objects)."""
+    try:
+        return frame.astype("float64")
+    except (TypeError, ValueError):
+        return frame.copy()

@@ -1,0 +1,140 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scmvp_scvi._components import GaussianMixturePrior, HiddenUnitSelfAttention, TwoChannelDecoder
+from scmvp_scvi._gmm_init import cluster_statistics
+from scmvp_scvi._likelihoods import log_likelihood, probability_nonzero
+from torch.distributions import Normal
+
+
+def _prior(k=4, d=3, seed=0):
+    torch.manual_seed(seed)
+    prior = GaussianMixturePrior(k, d)
+    with torch.no_grad():
+        prior.means.normal_(0, 3)
+        prior.log_vars.normal_(0, 0.5)
+        prior.logits.normal_()
+    return prior
+
+
+def test_responsibilities_are_normalised_and_informative_far_away():
+    prior = _prior()
+    z = torch.randn(50, 3)
+    gamma = prior.log_responsibilities(z).exp()
+    assert torch.allclose(gamma.sum(-1), torch.ones(50), atol=1e-5)
+
+    # far from every component: densities underflow in probability space, but not in log space
+    far = prior.means[1:2].detach() + 1e4
+    assert torch.all(prior.log_component_densities(far).exp() == 0)
+    gamma_far = prior.log_responsibilities(far).exp()
+    assert torch.isclose(gamma_far.sum(), torch.tensor(1.0))
+    assert gamma_far.max() > 0.99  # a confident assignment, not the uniform 1/K of the reference code
+    expected = (prior.log_component_densities(far) + torch.log_softmax(prior.logits, -1)).argmax()
+    assert gamma_far.argmax() == expected
+
+
+def test_mixture_weights_and_variances_valid_by_construction():
+    prior = GaussianMixturePrior(5, 2)
+    with torch.no_grad():
+        prior.logits.copy_(torch.tensor([-30.0, 5.0, -2.0, 0.0, 100.0]))
+        prior.log_vars.fill_(-50.0)
+    assert torch.isclose(prior.weights.sum(), torch.tensor(1.0))
+    assert torch.all(prior.weights >= 0)
+    assert torch.all(prior.variances > 0)
+
+
+def test_vade_kl_matches_monte_carlo():
+    """The closed-form KL uses the posterior variance (not its log) exactly as VaDE prescribes."""
+    prior = _prior(k=3, d=2, seed=1)
+    qz = Normal(torch.tensor([[0.5, -1.0]]), torch.tensor([[0.7, 1.3]]))
+    log_gamma = torch.log_softmax(torch.tensor([[0.2, -1.0, 1.5]]), -1)
+    closed_form = prior.kl_divergence(qz, log_gamma)
+
+    torch.manual_seed(0)
+    z = qz.sample((200_000,))  # (S, 1, D)
+    gamma = log_gamma.exp()
+    log_pz_c = prior.log_component_densities(z)  # (S, 1, K)
+    log_pi = torch.log_softmax(prior.logits, -1)
+    mc = qz.log_prob(z).sum(-1) - (gamma * (log_pz_c + log_pi - log_gamma)).sum(-1)
+    assert torch.allclose(closed_form, mc.mean(0), rtol=0.02)
+
+
+def test_set_parameters_round_trip():
+    prior = GaussianMixturePrior(2, 3)
+    means = torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
+    variances = torch.tensor([[0.5, 1.0, 2.0], [1.0, 1.0, 0.1]])
+    prior.set_parameters(means, variances, torch.tensor([0.25, 0.75]))
+    assert torch.allclose(prior.means, means)
+    assert torch.allclose(prior.variances, variances, rtol=1e-5)
+    assert torch.allclose(prior.weights, torch.tensor([0.25, 0.75]))
+
+
+def test_cluster_statistics_handle_singletons():
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(41, 4))
+    labels = np.r_[np.zeros(40, int), 1]  # cluster 1 is a single cell
+    means, variances, weights = cluster_statistics(latent, labels)
+    assert means.shape == variances.shape == (2, 4)
+    assert np.all(np.isfinite(variances)) and np.all(variances > 0)
+    np.testing.assert_allclose(means[1], latent[40])
+    np.testing.assert_allclose(weights, [40 / 41, 1 / 41])
+
+
+def test_self_attention_matches_per_head_formula():
+    torch.manual_seed(0)
+    attention = HiddenUnitSelfAttention(16, n_heads=4, dropout_rate=0.0)
+    h = torch.randn(5, 16)
+    out = attention(h)
+    assert out.shape == h.shape
+    q, k, v = attention.query(h), attention.key(h), attention.value(h)
+    for head in range(4):
+        units = slice(4 * head, 4 * head + 4)
+        weights = torch.softmax(q[:, units, None] * k[:, None, units], dim=-1)  # every unit attends to its head
+        assert torch.allclose(out[:, units], (weights @ v[:, units, None]).squeeze(-1), atol=1e-6)
+
+
+def test_self_attention_rejects_indivisible_heads():
+    with pytest.raises(ValueError, match="divisible"):
+        HiddenUnitSelfAttention(100, n_heads=8)
+
+
+def test_decoder_gate_changes_output_and_neutral_gate():
+    torch.manual_seed(0)
+    decoder = TwoChannelDecoder(4, 16, 10, 12, 4, 3, None, False, True).eval()
+    z = torch.randn(6, 4)
+    neutral = decoder.gate(None, 6)
+    assert torch.all(neutral == 0.5)
+    gamma_a = torch.eye(3)[[0, 0, 0, 1, 1, 1]]
+    gamma_b = torch.eye(3)[[2, 2, 2, 2, 2, 2]]
+    rho_a, _ = decoder.rna(z, decoder.gate(gamma_a, 6))
+    rho_b, _ = decoder.rna(z, decoder.gate(gamma_b, 6))
+    assert torch.allclose(rho_a.sum(-1), torch.ones(6))
+    assert not torch.allclose(rho_a, rho_b)
+    alpha, dropout = decoder.atac(z, neutral)
+    assert alpha.shape == dropout.shape == (6, 12)
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb", "poisson", "zip"])
+def test_count_likelihoods_are_normalised(likelihood):
+    mu = torch.tensor([[0.3, 2.0, 7.0]])
+    theta = torch.tensor([0.5, 2.0, 10.0])
+    zi = torch.tensor([[-1.0, 0.0, 2.0]])
+    x = torch.arange(0, 200, dtype=torch.float32)[:, None].expand(200, 3)
+    log_p = torch.stack(
+        [log_likelihood(likelihood, x[:, j : j + 1], mu[:, j], theta[j : j + 1], zi[:, j]) for j in range(3)], -1
+    )
+    assert torch.allclose(log_p.exp().sum(0), torch.ones(3), atol=1e-4)
+    # probability of a non-zero count agrees with 1 - P(0)
+    p_nonzero = probability_nonzero(likelihood, mu, theta, zi)
+    assert torch.allclose(p_nonzero[0], 1 - log_p[0].exp(), atol=1e-5)
+
+
+def test_bernoulli_cloglog_likelihood():
+    mu = torch.tensor([[0.1, 1.0, 5.0]])
+    p_open = probability_nonzero("bernoulli", mu)
+    assert torch.allclose(p_open, 1 - torch.exp(-mu))
+    x = torch.tensor([[3.0, 0.0, 1.0]])  # counts are binarised
+    expected = math.log(p_open[0, 0]) + math.log(1 - p_open[0, 1]) + math.log(p_open[0, 2])
+    assert torch.isclose(log_likelihood("bernoulli", x, mu), torch.tensor([expected]), atol=1e-5)

@@ -1,0 +1,248 @@
+import numpy as np
+import pandas as pd
+import pytest
+import scmvp_scvi
+import torch
+from scipy import sparse
+from scmvp_scvi import SCMVP
+from scmvp_scvi.metrics import kmeans_scores
+from sklearn.metrics import adjusted_rand_score
+
+FAST_TRAIN = {"accelerator": "cpu", "enable_progress_bar": False}
+
+
+def _train_small(mdata, pretrain=3, joint=4, **model_kwargs):
+    SCMVP.setup_mudata(mdata)
+    model = SCMVP(mdata, **model_kwargs)
+    model.train(max_epochs=joint, pretrain_epochs=pretrain, **FAST_TRAIN)
+    return model
+
+
+def test_demo_data_cell_types_recovered(demo_data_and_model):
+    mdata, model = demo_data_and_model
+    latent = model.get_latent_representation()
+    labels = mdata.obs["cell_type"].to_numpy()
+    assert kmeans_scores(latent, labels)["kmeans_ari"] >= 0.9
+    clusters = model.get_cluster_assignments()
+    assert model.n_centroids >= 6  # Leiden found at least the six types
+    assert adjusted_rand_score(labels, clusters) >= 0.8
+
+
+def test_outputs_shapes_and_keys(demo_data_and_model):
+    mdata, model = demo_data_and_model
+    n, g, p = mdata.n_obs, mdata["rna"].n_vars, mdata["atac"].n_vars
+    for modality, key in (("joint", "X_scmvp"), ("rna", "X_scmvp_rna"), ("atac", "X_scmvp_atac")):
+        latent = model.get_latent_representation(modality=modality)
+        assert latent.shape == (n, 20)
+        np.testing.assert_array_equal(mdata.obsm[key], latent)
+
+    rna, atac = model.get_imputed_values()
+    assert rna.shape == (n, g) and atac.shape == (n, p)
+    assert np.all(rna >= 0) and np.all(atac >= 0) and np.isfinite(rna).all() and np.isfinite(atac).all()
+    np.testing.assert_array_equal(mdata["rna"].layers["scmvp_imputed"], rna)
+    np.testing.assert_array_equal(mdata["atac"].layers["scmvp_imputed"], atac)
+    # the RNA means sum to each cell's observed library size
+    library = np.asarray(mdata["rna"].X.sum(1)).ravel()
+    np.testing.assert_allclose(rna.sum(1), library, rtol=1e-3)
+
+    labels = model.get_cluster_assignments()
+    assert labels.shape == (n,)
+    probs = mdata.obsm["scmvp_cluster_probs"]
+    assert probs.shape == (n, model.n_centroids)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    np.testing.assert_array_equal(mdata.obs["scmvp_cluster"].astype(int).to_numpy(), labels)
+
+    expression = model.get_normalized_expression(gene_list=["gene_0", "gene_5"], library_size=1e4)
+    assert isinstance(expression, pd.DataFrame) and expression.shape == (n, 2)
+    assert list(expression.columns) == ["gene_0", "gene_5"]
+    full = model.get_normalized_expression(return_numpy=True)
+    np.testing.assert_allclose(full.sum(1), 1, rtol=1e-4)
+
+    accessibility = model.get_normalized_accessibility(return_numpy=True)
+    assert accessibility.shape == (n, p) and accessibility.min() >= 0 and accessibility.max() <= 1
+    thresholded = model.get_normalized_accessibility(threshold=0.3, return_numpy=True)
+    assert sparse.issparse(thresholded)
+    np.testing.assert_allclose(thresholded.toarray(), np.where(accessibility >= 0.3, accessibility, 0), atol=1e-6)
+
+
+def test_imputation_is_deterministic_by_default_and_sampling_optional(demo_data_and_model):
+    _, model = demo_data_and_model
+    cells = np.arange(50)
+    first = model.get_imputed_values(indices=cells)
+    second = model.get_imputed_values(indices=cells)
+    np.testing.assert_array_equal(first[0], second[0])
+    sampled = model.get_imputed_values(indices=cells, give_mean=False, n_samples=3)
+    assert sampled[0].shape == first[0].shape and not np.allclose(sampled[0], first[0])
+
+
+def test_imputed_markers_follow_cell_types(demo_data_and_model):
+    """Denoised expression separates types better than the raw counts do."""
+    mdata, model = demo_data_and_model
+    rna, _ = model.get_imputed_values(layer_key=None)
+    raw = mdata["rna"].X.toarray()
+    labels = mdata.obs["cell_type"].to_numpy()
+
+    def between_over_within(values):
+        values = np.log1p(values / values.sum(1, keepdims=True) * 1e4)
+        means = np.stack([values[labels == t].mean(0) for t in np.unique(labels)])
+        within = np.mean([values[labels == t].var(0).mean() for t in np.unique(labels)])
+        return means.var(0).mean() / within
+
+    assert between_over_within(rna) > 2 * between_over_within(raw)
+
+
+def test_save_load_round_trip(demo_data_and_model, tmp_path):
+    mdata, model = demo_data_and_model
+    model.save(tmp_path / "model", overwrite=True)
+    loaded = SCMVP.load(tmp_path / "model", mdata)
+    assert loaded.n_centroids == model.n_centroids
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(key_added=None), model.get_latent_representation(key_added=None)
+    )
+    np.testing.assert_array_equal(
+        loaded.get_cluster_assignments(key_added=None), model.get_cluster_assignments(key_added=None)
+    )
+    assert "SCMVP model" in repr(loaded) and f"K={model.n_centroids}" in loaded.summary_string
+
+
+def test_outputs_on_new_data_and_subsets(demo_data_and_model):
+    mdata, model = demo_data_and_model
+    other = mdata[:100].copy()
+    latent = model.get_latent_representation(other)
+    np.testing.assert_allclose(latent, model.get_latent_representation(key_added=None)[:100], atol=1e-5)
+    assert other.obsm["X_scmvp"].shape == (100, 20)
+    subset = model.get_latent_representation(indices=np.arange(10), key_added="X_subset")
+    assert subset.shape == (10, 20) and "X_subset" not in mdata.obsm
+
+
+@pytest.mark.parametrize(
+    ("rna_likelihood", "atac_likelihood"),
+    [("nb", "zip"), ("zinb", "poisson"), ("poisson", "nb"), ("nb", "bernoulli")],
+)
+def test_each_likelihood_trains_with_falling_loss(small_mdata, rna_likelihood, atac_likelihood):
+    model = _train_small(
+        small_mdata, pretrain=4, joint=6, rna_likelihood=rna_likelihood, atac_likelihood=atac_likelihood
+    )
+    history = model.history
+    phases = history["training_phase"]["training_phase"].to_numpy()
+    nll = (history["nll_rna_train"].to_numpy() + history["nll_atac_train"].to_numpy()).ravel()
+    assert np.isfinite(nll).all()
+    for phase in ("pretraining", "joint"):
+        values = nll[phases == phase]
+        assert values[-1] < values[0], f"{phase}: reconstruction did not improve"
+    assert set(phases) == {"pretraining", "joint"}
+    assert "kl_cycle_train" in history and "cluster_consistency_train" in history
+    rna, atac = model.get_imputed_values()
+    assert np.isfinite(rna).all() and np.isfinite(atac).all()
+    if atac_likelihood == "bernoulli":
+        assert atac.max() <= 1
+
+
+def test_fixed_number_of_centroids_and_continued_training(small_mdata):
+    model = _train_small(small_mdata, pretrain=2, joint=2, n_centroids=5)
+    assert model.n_centroids == 5
+    assert model.get_cluster_assignments().max() < 5
+    n_epochs = len(model.history["train_loss"])
+    means_before = model.module.prior.means.detach().clone()
+    model.train(max_epochs=2, **FAST_TRAIN)  # continues joint training, no re-initialisation
+    assert len(model.history["train_loss"]) == n_epochs + 2
+    assert model.n_centroids == 5
+    assert not torch.equal(means_before, model.module.prior.means.detach())
+
+
+def test_without_pretraining(small_mdata):
+    model = _train_small(small_mdata, pretrain=0, joint=3, n_centroids=3)
+    assert set(model.history["training_phase"]["training_phase"]) == {"joint"}
+    assert np.isfinite(model.get_latent_representation()).all()
+
+
+def test_batch_and_categorical_covariates():
+    mdata = scmvp_scvi.data.synthetic_paired(n_cells=300, n_genes=80, n_peaks=300, n_cell_types=3, n_batches=3)
+    mdata.obs["donor"] = np.where(np.arange(mdata.n_obs) % 2 == 0, "d1", "d2")
+    SCMVP.setup_mudata(mdata, batch_key="batch", categorical_covariate_keys=["donor"])
+    model = SCMVP(mdata)
+    assert model.summary_stats.n_batch == 3 and model.module.n_batch == 3
+    assert "3 batches" in model.summary_string
+    model.train(max_epochs=2, pretrain_epochs=2, **FAST_TRAIN)
+    latent = model.get_latent_representation()
+    assert latent.shape == (300, 20) and np.isfinite(latent).all()
+    as_batch_0 = model.get_normalized_expression(transform_batch="batch_0", return_numpy=True)
+    as_batch_1 = model.get_normalized_expression(transform_batch="batch_1", return_numpy=True)
+    assert not np.allclose(as_batch_0, as_batch_1)
+    with pytest.raises(ValueError, match="not a registered batch"):
+        model.get_normalized_expression(transform_batch="nope")
+
+
+def test_batch_key_in_modality_obs():
+    mdata = scmvp_scvi.data.synthetic_paired(n_cells=200, n_genes=50, n_peaks=100, n_batches=2)
+    del mdata.obs["batch"]
+    with pytest.raises(ValueError, match=r"exists in \[\"mdata\['rna'\].obs\""):
+        SCMVP.setup_mudata(mdata, batch_key="batch")
+    SCMVP.setup_mudata(mdata, batch_key="batch", modalities={"batch_key": "rna"})
+    assert SCMVP(mdata).summary_stats.n_batch == 2
+
+
+def test_custom_modality_names_and_layers(small_mdata):
+    import mudata as md
+
+    rna, atac = small_mdata["rna"].copy(), small_mdata["atac"].copy()
+    rna.layers["counts"] = rna.X.copy()
+    rna.X = rna.X.multiply(0.5).tocsr()  # .X normalised, raw counts in a layer
+    mdata = md.MuData({"gex": rna, "peaks": atac})
+    SCMVP.setup_mudata(mdata, rna_layer="counts", modalities={"rna_layer": "gex", "atac_layer": "peaks"})
+    model = SCMVP(mdata)
+    model.train(max_epochs=1, pretrain_epochs=1, **FAST_TRAIN)
+    model.get_imputed_values()
+    assert mdata["gex"].layers["scmvp_imputed"].shape == (300, 80)
+    assert mdata["peaks"].layers["scmvp_imputed"].shape == (300, 300)
+
+
+def test_setup_rejects_bad_input(small_mdata):
+    import mudata as md
+
+    with pytest.raises(TypeError, match="expects a MuData"):
+        SCMVP.setup_mudata(small_mdata["rna"])
+    renamed = md.MuData({"gex": small_mdata["rna"].copy(), "atac": small_mdata["atac"].copy()})
+    with pytest.raises(ValueError, match=r"No modality named \['rna'\].*modalities="):
+        SCMVP.setup_mudata(renamed)
+    with pytest.raises(ValueError, match="Layer 'counts' not found"):
+        SCMVP.setup_mudata(small_mdata, rna_layer="counts")
+    with pytest.raises(ValueError, match=r"batch_key 'donor' not found in mdata\.obs"):
+        SCMVP.setup_mudata(small_mdata, batch_key="donor")
+
+    negative = small_mdata.copy()
+    negative["atac"].X.data[0] = -1
+    with pytest.raises(ValueError, match="negative values"):
+        SCMVP.setup_mudata(negative)
+
+    with_nan = small_mdata.copy()
+    with_nan["rna"].X.data[0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        SCMVP.setup_mudata(with_nan)
+
+
+def test_setup_rejects_misaligned_cells(small_mdata):
+    import mudata as md
+
+    rna = small_mdata["rna"].copy()
+    reordered = md.MuData({"rna": rna, "atac": small_mdata["atac"][::-1].copy()})
+    assert not reordered["atac"].obs_names.equals(reordered.obs_names)
+    with pytest.raises(ValueError, match="ordered differently"):
+        SCMVP.setup_mudata(reordered)
+    unpaired = md.MuData({"rna": rna, "atac": small_mdata["atac"][:200].copy()})
+    with pytest.raises(ValueError, match="paired cells"):
+        SCMVP.setup_mudata(unpaired)
+
+
+def test_model_rejects_bad_arguments(small_mdata):
+    SCMVP.setup_mudata(small_mdata)
+    with pytest.raises(ValueError, match="divisible"):
+        SCMVP(small_mdata, n_hidden=100, n_heads=8)
+    with pytest.raises(ValueError, match="n_centroids"):
+        SCMVP(small_mdata, n_centroids=10_000)
+    with pytest.raises(ValueError, match="rna_likelihood"):
+        SCMVP(small_mdata, rna_likelihood="gaussian")
+    with pytest.raises(ValueError, match="atac_likelihood"):
+        SCMVP(small_mdata, atac_likelihood="zinb")
+    with pytest.raises(NotImplementedError, match="setup_mudata"):
+        SCMVP.setup_anndata(small_mdata["rna"])
