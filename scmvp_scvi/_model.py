@@ -358,6 +358,24 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
         self._update_summary()
         return labels
 
+    @classmethod
+    def load(cls, dir_path: str, mdata: MuData | None = None, **kwargs) -> SCMVP:
+        """Load a model saved with :meth:`save`.
+
+        Parameters
+        ----------
+        dir_path
+            Directory the model was saved to.
+        mdata
+            MuData to attach (same modalities and features as at training); default: the one saved with the
+            model (``save(..., save_anndata=True)``).
+        **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.load` (``accelerator``, ``device``, ``prefix``).
+        """
+        model = super().load(dir_path, adata=mdata, **kwargs)
+        model._update_summary()
+        return model
+
     @property
     def n_centroids(self) -> int:
         """Current number of mixture components."""

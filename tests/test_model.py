@@ -102,7 +102,8 @@ def test_save_load_round_trip(demo_data_and_model, tmp_path):
     np.testing.assert_array_equal(
         loaded.get_cluster_assignments(key_added=None), model.get_cluster_assignments(key_added=None)
     )
-    assert "SCMVP model" in repr(loaded) and f"K={model.n_centroids}" in loaded.summary_string
+    assert "SCMVP model" in loaded.summary_string and f"K={model.n_centroids}" in loaded.summary_string
+    assert "Training status: Trained" in loaded.summary_string
 
 
 def test_outputs_on_new_data_and_subsets(demo_data_and_model):
