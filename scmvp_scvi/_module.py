@@ -338,7 +338,6 @@ class SCMVPModule(BaseModuleClass):
         w = self.weights
         covariates = self._covariates(tensors[REGISTRY_KEYS.BATCH_KEY], tensors.get(REGISTRY_KEYS.CAT_COVS_KEY))
         log_gamma = inference_outputs["log_gamma"]
-        gamma = log_gamma.exp()
         kl_prior = self.prior.kl_divergence(inference_outputs["qz"], log_gamma)
 
         # cycle: re-encode the decoded means with the single-modality encoders
@@ -351,10 +350,7 @@ class SCMVPModule(BaseModuleClass):
         log_gamma_cycle = self.prior.log_responsibilities(q_cycle.rsample())
         kl_cycle = kl_divergence(q_fused, q_cycle).sum(-1)
 
-        consistency = -(gamma * log_gamma_cycle).sum(-1)
-        sharpness = -(gamma**2).sum(-1)
-        marginal = gamma.mean(0)
-        negative_entropy = (marginal * torch.log(marginal + 1e-10)).sum().expand_as(sharpness)
+        consistency, sharpness, negative_entropy = self.cluster_terms(log_gamma, log_gamma_cycle)
         cluster = consistency + w["sharpness"] * sharpness + w["balance"] * negative_entropy
         extra = {
             "kl_cycle": kl_cycle,
@@ -364,6 +360,30 @@ class SCMVPModule(BaseModuleClass):
             "_kl_aux": w["cycle_kl"] * kl_cycle,
         }
         return w["cluster"] * cluster, kl_prior, extra
+
+    @staticmethod
+    def cluster_terms(
+        log_gamma: torch.Tensor, log_gamma_cycle: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-cell cluster terms to minimise.
+
+        Returns
+        -------
+        consistency
+            Cross-entropy ``-sum_k gamma_k log gamma'_k`` between the responsibilities of the data and of its
+            re-encoded reconstruction.
+        sharpness
+            ``-sum_k gamma_k^2``: lower for confident assignments.
+        negative_entropy
+            ``sum_k pbar_k log pbar_k`` of the minibatch cluster marginal ``pbar`` (the same for every cell):
+            lower when cells spread over the clusters.
+        """
+        gamma = log_gamma.exp()
+        consistency = -(gamma * log_gamma_cycle).sum(-1)
+        sharpness = -(gamma**2).sum(-1)
+        marginal = gamma.mean(0)
+        negative_entropy = (marginal * torch.log(marginal + 1e-10)).sum().expand_as(sharpness)
+        return consistency, sharpness, negative_entropy
 
     @torch.inference_mode()
     def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

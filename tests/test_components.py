@@ -138,3 +138,28 @@ def test_bernoulli_cloglog_likelihood():
     x = torch.tensor([[3.0, 0.0, 1.0]])  # counts are binarised
     expected = math.log(p_open[0, 0]) + math.log(1 - p_open[0, 1]) + math.log(p_open[0, 2])
     assert torch.isclose(log_likelihood("bernoulli", x, mu), torch.tensor([expected]), atol=1e-5)
+
+
+def test_cluster_balance_term_spreads_cells():
+    """Minimising the balance term favours cells spread over clusters, not collapsed into one."""
+    from scmvp_scvi._module import SCMVPModule
+
+    confident = torch.full((6, 3), 1e-6)
+    spread, collapsed = confident.clone(), confident.clone()
+    spread[torch.arange(6), torch.arange(6) % 3] = 1.0
+    collapsed[:, 0] = 1.0
+    log_spread = torch.log(spread / spread.sum(-1, keepdim=True))
+    log_collapsed = torch.log(collapsed / collapsed.sum(-1, keepdim=True))
+    _, sharp_spread, balance_spread = SCMVPModule.cluster_terms(log_spread, log_spread)
+    _, sharp_collapsed, balance_collapsed = SCMVPModule.cluster_terms(log_collapsed, log_collapsed)
+    assert torch.all(balance_spread < balance_collapsed)
+    assert torch.allclose(sharp_spread, sharp_collapsed)  # both equally confident per cell
+
+
+def test_cluster_consistency_is_lowest_when_assignments_agree():
+    from scmvp_scvi._module import SCMVPModule
+
+    log_gamma = torch.log_softmax(torch.tensor([[4.0, 0.0, 0.0]]), -1)
+    agree = torch.log_softmax(torch.tensor([[4.0, 0.0, 0.0]]), -1)
+    disagree = torch.log_softmax(torch.tensor([[0.0, 4.0, 0.0]]), -1)
+    assert SCMVPModule.cluster_terms(log_gamma, agree)[0] < SCMVPModule.cluster_terms(log_gamma, disagree)[0]

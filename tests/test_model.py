@@ -247,3 +247,52 @@ def test_model_rejects_bad_arguments(small_mdata):
         SCMVP(small_mdata, atac_likelihood="zinb")
     with pytest.raises(NotImplementedError, match="setup_mudata"):
         SCMVP.setup_anndata(small_mdata["rna"])
+
+
+def test_kl_warmup_rises_linearly_in_each_phase(small_mdata):
+    from lightning.pytorch.callbacks import Callback
+
+    class RecordKLWeight(Callback):
+        def __init__(self):
+            self.weights = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.weights.append(float(pl_module.kl_weight))
+
+    SCMVP.setup_mudata(small_mdata)
+    model = SCMVP(small_mdata)
+    recorder = RecordKLWeight()
+    model.train(max_epochs=4, pretrain_epochs=2, n_epochs_kl_warmup=2, callbacks=[recorder], **FAST_TRAIN)
+    # pretraining warms up over its 2 epochs; joint training restarts from 0 and reaches 1 after 2 epochs
+    np.testing.assert_allclose(recorder.weights, [0.0, 0.5, 0.0, 0.5, 1.0, 1.0])
+
+
+def test_gmm_initialised_in_the_joint_latent(small_mdata):
+    from scmvp_scvi._gmm_init import cluster_statistics
+
+    SCMVP.setup_mudata(small_mdata)
+    model = SCMVP(small_mdata, n_centroids=3)
+    model.train(max_epochs=0, pretrain_epochs=3, **FAST_TRAIN)
+    assert bool(model.module.gmm_initialized)
+    latent = model.get_latent_representation(key_added=None)
+    labels = model.initialize_gmm()
+    means, variances, weights = cluster_statistics(latent, labels)
+    prior = model.module.prior
+    np.testing.assert_allclose(prior.means.detach().numpy(), means, atol=1e-5)
+    np.testing.assert_allclose(prior.variances.detach().numpy(), variances, rtol=1e-4)
+    np.testing.assert_allclose(prior.weights.detach().numpy(), weights, atol=1e-6)
+    # the three synthetic cell types are the three clusters
+    assert adjusted_rand_score(small_mdata.obs["cell_type"], labels) > 0.9
+
+
+def test_early_stopping_and_validation_history(small_mdata):
+    SCMVP.setup_mudata(small_mdata)
+    model = SCMVP(small_mdata, n_centroids=3)
+    model.train(
+        max_epochs=50, pretrain_epochs=2, early_stopping=True, early_stopping_patience=1,
+        early_stopping_min_delta=1e6, **FAST_TRAIN,
+    )  # fmt: skip
+    joint_epochs = (model.history["training_phase"]["training_phase"] == "joint").sum()
+    assert joint_epochs < 50  # stopped early: no improvement can exceed min_delta
+    assert "elbo_validation" in model.history
+    assert len(model.validation_indices) > 0
