@@ -18,7 +18,7 @@ from scvi.data.fields import (
     MuDataCategoricalObsField,
     MuDataLayerField,
 )
-from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
+from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
 from ._gmm_init import cluster_statistics, kmeans_labels, leiden_labels
 from ._module import SCMVPModule
@@ -39,12 +39,15 @@ def default_epochs(n_cells: int) -> int:
     return int(min(200, max(recipe, math.ceil(1_000 * 64 / max(n_cells, 1)))))
 
 
-class SCMVP(VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
     """Single-cell multi-view profiler (scMVP) for paired scRNA-seq and scATAC-seq.
 
     A deep generative model with attention-based encoders for each modality, a joint (shared-layer) posterior,
     a Gaussian-mixture prior over cell clusters, a two-channel decoder gated by the cluster responsibilities and
     a cycle-consistency head (Li et al., Genome Biology 2022).
+
+    Query data with new batches can be mapped onto a trained model with :meth:`load_query_data` (scArches):
+    only the weights of the new batch covariates are trained.
 
     Parameters
     ----------

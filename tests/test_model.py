@@ -296,3 +296,28 @@ def test_early_stopping_and_validation_history(small_mdata):
     assert joint_epochs < 50  # stopped early: no improvement can exceed min_delta
     assert "elbo_validation" in model.history
     assert len(model.validation_indices) > 0
+
+
+def test_query_mapping_with_new_batch(tmp_path):
+    """scArches: a query with an unseen batch trains only the new covariate weights of the first layers."""
+    mdata = scmvp_scvi.data.synthetic_paired(n_cells=400, n_genes=80, n_peaks=300, n_cell_types=3, n_batches=3)
+    reference = mdata[mdata.obs["batch"] != "batch_2"].copy()
+    query = mdata[mdata.obs["batch"] == "batch_2"].copy()
+    SCMVP.setup_mudata(reference, batch_key="batch")
+    model = SCMVP(reference)
+    model.train(max_epochs=2, pretrain_epochs=2, **FAST_TRAIN)
+    model.save(tmp_path / "reference")
+
+    mapped = SCMVP.load_query_data(query, str(tmp_path / "reference"))
+    assert mapped.summary_stats.n_batch == 3 and mapped.n_centroids == model.n_centroids
+    before = {k: v.clone() for k, v in mapped.module.state_dict().items()}
+    mapped.train(max_epochs=2, **FAST_TRAIN)
+    after = mapped.module.state_dict()
+    first_layer = "rna_encoder.branch.dense.linear.fc_layers.Layer 0.0.weight"
+    # gene columns frozen, the column of the new batch trained
+    torch.testing.assert_close(after[first_layer][:, :80], before[first_layer][:, :80])
+    assert not torch.equal(after[first_layer][:, -1], before[first_layer][:, -1])
+    torch.testing.assert_close(after["decoder.rna_scale.weight"], before["decoder.rna_scale.weight"])
+    torch.testing.assert_close(after["prior.means"], before["prior.means"])
+    latent = mapped.get_latent_representation()
+    assert latent.shape == (query.n_obs, 20) and np.isfinite(latent).all()
