@@ -82,6 +82,9 @@ class SCMVPModule(BaseModuleClass):
     sharpness_weight, balance_weight
         Weights, inside the cluster terms, of the per-cell sharpness ``-sum_k gamma_k^2`` and of the negative
         entropy of the minibatch cluster marginal (minimising it spreads cells over clusters).
+    normalize_encoder_input
+        Scale each cell to 10,000 counts before the ``log1p`` that feeds the encoders (also for the
+        re-encoded means of the cycle head), so that sequencing depth does not enter the latent.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class SCMVPModule(BaseModuleClass):
         cycle_kl_weight: float = 0.1,
         sharpness_weight: float = 50.0,
         balance_weight: float = 50.0,
+        normalize_encoder_input: bool = False,
     ):
         super().__init__()
         if rna_likelihood not in RNA_LIKELIHOODS:
@@ -120,6 +124,7 @@ class SCMVPModule(BaseModuleClass):
         self.n_centroids = n_centroids
         self.rna_likelihood, self.atac_likelihood = rna_likelihood, atac_likelihood
         self.latent_distribution = "normal"
+        self.normalize_encoder_input = normalize_encoder_input
         self.weights = {
             "rna": rna_weight,
             "atac": atac_weight,
@@ -197,6 +202,12 @@ class SCMVPModule(BaseModuleClass):
             "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
         }
 
+    def _encoder_input(self, counts: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        """``log1p`` of the counts, optionally after scaling each cell to 10,000 counts."""
+        if self.normalize_encoder_input:
+            counts = counts / torch.exp(library) * 1e4
+        return torch.log1p(counts)
+
     @staticmethod
     def _covariates(batch_index: torch.Tensor, cat_covs: torch.Tensor | None) -> list[torch.Tensor]:
         covariates = [batch_index]
@@ -222,7 +233,7 @@ class SCMVPModule(BaseModuleClass):
         # observed library sizes; a cell with no counts gets library 1 instead of log(0)
         library_rna = torch.log(x_rna.sum(-1, keepdim=True).clamp_min(1.0))
         library_atac = torch.log(x_atac.sum(-1, keepdim=True).clamp_min(1.0))
-        x_log, y_log = torch.log1p(x_rna), torch.log1p(x_atac)
+        x_log, y_log = self._encoder_input(x_rna, library_rna), self._encoder_input(x_atac, library_atac)
 
         qz = self.joint_encoder(x_log, y_log, *covariates)
         qz_rna = self.rna_encoder(x_log, *covariates)
@@ -344,8 +355,8 @@ class SCMVPModule(BaseModuleClass):
         mu_rna = generative_outputs["px_rna"]["mu"]
         mu_atac = generative_outputs["px_atac"]["mu"]
         q_cycle = self.fusion(
-            self.rna_encoder(torch.log1p(mu_rna), *covariates),
-            self.atac_encoder(torch.log1p(mu_atac), *covariates),
+            self.rna_encoder(self._encoder_input(mu_rna, inference_outputs["library_rna"]), *covariates),
+            self.atac_encoder(self._encoder_input(mu_atac, inference_outputs["library_atac"]), *covariates),
         )
         log_gamma_cycle = self.prior.log_responsibilities(q_cycle.rsample())
         kl_cycle = kl_divergence(q_fused, q_cycle).sum(-1)

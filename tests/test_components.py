@@ -163,3 +163,17 @@ def test_cluster_consistency_is_lowest_when_assignments_agree():
     agree = torch.log_softmax(torch.tensor([[4.0, 0.0, 0.0]]), -1)
     disagree = torch.log_softmax(torch.tensor([[0.0, 4.0, 0.0]]), -1)
     assert SCMVPModule.cluster_terms(log_gamma, agree)[0] < SCMVPModule.cluster_terms(log_gamma, disagree)[0]
+
+
+def test_normalized_encoder_input_ignores_sequencing_depth():
+    from scmvp_scvi._module import SCMVPModule
+
+    torch.manual_seed(0)
+    x = torch.poisson(torch.full((8, 30), 2.0))
+    y = torch.poisson(torch.full((8, 40), 0.5))
+    batch = torch.zeros(8, 1, dtype=torch.long)
+    for normalize in (True, False):
+        module = SCMVPModule(30, 40, n_hidden=16, n_latent=4, normalize_encoder_input=normalize).eval()
+        shallow = module.inference(x, y, batch, use_mean=True)["z"]
+        deep = module.inference(3 * x, 3 * y, batch, use_mean=True)["z"]
+        assert torch.allclose(shallow, deep, atol=1e-5) == normalize

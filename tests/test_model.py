@@ -321,3 +321,13 @@ def test_query_mapping_with_new_batch(tmp_path):
     torch.testing.assert_close(after["prior.means"], before["prior.means"])
     latent = mapped.get_latent_representation()
     assert latent.shape == (query.n_obs, 20) and np.isfinite(latent).all()
+
+
+def test_inherited_elbo_and_reconstruction_error(demo_data_and_model):
+    _, model = demo_data_and_model
+    cells = np.arange(200)
+    elbo = model.get_elbo(indices=cells)
+    errors = model.get_reconstruction_error(indices=cells)
+    assert set(errors) == {"rna", "atac"}
+    assert np.isfinite(float(elbo)) and float(elbo) < 0  # log-evidence lower bound of discrete counts
+    assert -float(elbo) > errors["rna"] + errors["atac"]  # ELBO = -(reconstruction + KL), KL >= 0
