@@ -182,7 +182,9 @@ def write_table(results: list[dict], path: Path) -> None:
         *[r["command"] for r in results if "command" in r],
         "```",
         "",
-        "| metric | " + " | ".join(f"SCMVP, {r['recipe']}" for r in results) + " |",
+        "| metric | "
+        + " | ".join(r["recipe"] if r.get("kind") == "baseline" else f"SCMVP, {r['recipe']}" for r in results)
+        + " |",
         "|---|" + "---|" * len(results),
         *[f"| {name} | " + " | ".join(col[i] for col in columns) + " |" for i, name in enumerate(names)],
         "",
