@@ -26,7 +26,8 @@ from ._validation import check_alignment, check_counts, check_obs_keys, resolve_
 
 logger = logging.getLogger(__name__)
 
-MODALITIES = ("joint", "rna", "atac")
+# inference output holding the posterior of each latent
+POSTERIORS = {"joint": "qz", "rna": "qz_rna", "atac": "qz_atac"}
 
 
 def default_epochs(n_cells: int) -> int:
@@ -343,7 +344,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         -------
         The cluster label of each cell used for the initialisation.
         """
-        latent = self._latent_means(self.adata, None, batch_size, "joint")
+        latent = self._latent(self.adata, None, batch_size, "joint")
         # the user's n_centroids until the first initialisation, the resolved K afterwards
         n_centroids = self.init_params_["non_kwargs"]["n_centroids"]
         if n_centroids is None:
@@ -410,6 +411,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         use_mean: bool = True,
         transform_batch: str | int | None = None,
         decode: bool = True,
+        single_modalities: bool = False,
     ) -> Iterator[tuple[dict, dict | None]]:
         """Yield ``(inference outputs, generative outputs)`` per minibatch, in cell order."""
         mdata = self._validate_anndata(mdata)
@@ -420,7 +422,9 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         try:
             for tensors in loader:
                 inference_inputs = self.module._get_inference_input(tensors)
-                inference_outputs = self.module.inference(**inference_inputs, use_mean=use_mean)
+                inference_outputs = self.module.inference(
+                    **inference_inputs, use_mean=use_mean, single_modalities=single_modalities
+                )
                 generative_outputs = None
                 if decode:
                     generative_inputs = self.module._get_generative_input(tensors, inference_outputs, batch_code)
@@ -440,19 +444,36 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
     def _n_cells(self, mdata: MuData | None, indices: Sequence[int] | None) -> int:
         return len(indices) if indices is not None else self._validate_anndata(mdata).n_obs
 
-    def _fill(self, mdata, indices, batch_size, n_features: int, compute: Callable, **kwargs) -> np.ndarray:
-        """Stack per-minibatch outputs into a preallocated float32 array, chunk by chunk."""
-        out = np.empty((self._n_cells(mdata, indices), n_features), dtype=np.float32)
+    def _fill(
+        self, mdata, indices, batch_size, outputs: dict[str, tuple[int, Callable]], **kwargs
+    ) -> dict[str, np.ndarray]:
+        """Compute several per-minibatch outputs in one pass, each into a preallocated float32 array.
+
+        ``outputs`` maps a name to ``(n_features, compute)``, where ``compute(inference, generative)`` returns
+        the minibatch's rows.
+        """
+        n_cells = self._n_cells(mdata, indices)
+        arrays = {name: np.empty((n_cells, n), dtype=np.float32) for name, (n, _) in outputs.items()}
         start = 0
         for inference_outputs, generative_outputs in self._batches(mdata, indices, batch_size, **kwargs):
-            chunk = compute(inference_outputs, generative_outputs).detach().cpu().numpy()
-            out[start : start + len(chunk)] = chunk
+            for name, (_, compute) in outputs.items():
+                chunk = compute(inference_outputs, generative_outputs).detach().cpu().numpy()
+                arrays[name][start : start + len(chunk)] = chunk
             start += len(chunk)
-        return out
+        return arrays
 
-    def _latent_means(self, mdata, indices, batch_size, modality: str) -> np.ndarray:
-        key = {"joint": "qz", "rna": "qz_rna", "atac": "qz_atac"}[modality]
-        return self._fill(mdata, indices, batch_size, self.module.n_latent, lambda inf, gen: inf[key].loc, decode=False)
+    def _latent(self, mdata, indices, batch_size, modality: str, give_mean: bool = True) -> np.ndarray:
+        """Posterior means (or one sample per cell) of a latent, without writing anything."""
+        if modality not in POSTERIORS:
+            raise ValueError(f"modality must be one of {tuple(POSTERIORS)}, got {modality!r}.")
+        key = POSTERIORS[modality]
+
+        def compute(inf, gen):
+            return inf[key].loc if give_mean else inf[key].sample()
+
+        outputs = {"latent": (self.module.n_latent, compute)}
+        kwargs = {"decode": False, "single_modalities": modality != "joint"}
+        return self._fill(mdata, indices, batch_size, outputs, **kwargs)["latent"]
 
     def _target(self, mdata: MuData | None) -> MuData:
         return self.adata if mdata is None else mdata
@@ -492,17 +513,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         Array of shape ``(n_cells, n_latent)``.
         """
         self._check_if_trained(warn=False)
-        if modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}.")
-        key = {"joint": "qz", "rna": "qz_rna", "atac": "qz_atac"}[modality]
-        latent = self._fill(
-            mdata,
-            indices,
-            batch_size,
-            self.module.n_latent,
-            lambda inf, gen: inf[key].loc if give_mean else inf[key].sample(),
-            decode=False,
-        )
+        latent = self._latent(mdata, indices, batch_size, modality, give_mean)
         if key_added is not None and indices is None:
             name = key_added if modality == "joint" else f"{key_added}_{modality}"
             self._target(mdata).obsm[name] = latent
@@ -526,14 +537,9 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         Integer labels, shape ``(n_cells,)``.
         """
         self._check_if_trained(warn=False)
-        probs = self._fill(
-            mdata,
-            indices,
-            batch_size,
-            self.module.prior.n_components,
-            lambda inf, gen: self.module.prior.log_responsibilities(inf["qz"].loc).exp(),
-            decode=False,
-        )
+        # inference evaluates the responsibilities at the posterior mean
+        outputs = {"probs": (self.module.prior.n_components, lambda inf, gen: inf["log_gamma"].exp())}
+        probs = self._fill(mdata, indices, batch_size, outputs, decode=False)["probs"]
         labels = probs.argmax(1)
         if key_added is not None and indices is None:
             target = self._target(mdata)
@@ -581,27 +587,25 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         def atac_values(gen):
             return self.module.probability_open(gen["px_atac"]) if bernoulli else gen["px_atac"]["mu"]
 
-        rna = self._averaged(mdata, indices, batch_size, n_samples, give_mean, "rna", lambda gen: gen["px_rna"]["mu"])
-        atac = self._averaged(mdata, indices, batch_size, n_samples, give_mean, "atac", atac_values)
+        draws = 1 if give_mean else n_samples
+        if draws < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
+        outputs = {
+            "rna": (self.module.n_input_rna, lambda inf, gen: gen["px_rna"]["mu"]),
+            "atac": (self.module.n_input_atac, lambda inf, gen: atac_values(gen)),
+        }
+        # one pass over the cells per draw decodes both modalities
+        rna, atac = None, None
+        for _ in range(draws):
+            values = self._fill(mdata, indices, batch_size, outputs, use_mean=give_mean)
+            rna = values["rna"] if rna is None else rna + values["rna"]
+            atac = values["atac"] if atac is None else atac + values["atac"]
+        rna, atac = rna / draws, atac / draws
         if layer_key is not None and indices is None:
             target = self._target(mdata)
             target.mod[self.modality_names["rna"]].layers[layer_key] = rna
             target.mod[self.modality_names["atac"]].layers[layer_key] = atac
         return rna, atac
-
-    def _averaged(self, mdata, indices, batch_size, n_samples, give_mean, modality, compute) -> np.ndarray:
-        """Decode at the posterior mean, or average the decoded values over ``n_samples`` posterior draws."""
-        n_features = self.module.n_input_rna if modality == "rna" else self.module.n_input_atac
-        draws = 1 if give_mean else n_samples
-        if draws < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
-        total = None
-        for _ in range(draws):
-            values = self._fill(
-                mdata, indices, batch_size, n_features, lambda inf, gen: compute(gen), use_mean=give_mean
-            )
-            total = values if total is None else total + values
-        return total / draws
 
     @torch.inference_mode()
     def get_normalized_expression(
@@ -630,14 +634,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         self._check_if_trained(warn=False)
         names = self._target(mdata).mod[self.modality_names["rna"]].var_names
         columns = self._feature_indices(names, gene_list, "gene_list")
-        values = self._fill(
-            mdata,
-            indices,
-            batch_size,
-            len(columns),
-            lambda inf, gen: gen["px_rna"]["rho"][:, columns] * library_size,
-            transform_batch=transform_batch,
-        )
+        outputs = {"rho": (len(columns), lambda inf, gen: gen["px_rna"]["rho"][:, columns] * library_size)}
+        values = self._fill(mdata, indices, batch_size, outputs, transform_batch=transform_batch)["rho"]
         return (
             values
             if return_numpy
@@ -677,7 +675,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         index = self._obs_names(mdata, indices)
         compute = lambda inf, gen: self.module.probability_open(gen["px_atac"])[:, columns]  # noqa: E731
         if threshold is None:
-            values = self._fill(mdata, indices, batch_size, len(columns), compute, transform_batch=transform_batch)
+            outputs = {"p_open": (len(columns), compute)}
+            values = self._fill(mdata, indices, batch_size, outputs, transform_batch=transform_batch)["p_open"]
             return values if return_numpy else pd.DataFrame(values, index=index, columns=names[columns])
         chunks = []
         for inf, gen in self._batches(mdata, indices, batch_size, transform_batch=transform_batch):

@@ -224,10 +224,12 @@ class SCMVPModule(BaseModuleClass):
         batch_index: torch.Tensor,
         cat_covs: torch.Tensor | None = None,
         use_mean: bool = False,
+        single_modalities: bool = True,
     ) -> dict[str, torch.Tensor | Normal | None]:
         """Encode a minibatch.
 
-        ``use_mean=True`` decodes from the posterior mean (deterministic outputs).
+        ``use_mean=True`` decodes from the posterior mean (deterministic outputs). ``single_modalities=False``
+        skips the RNA-only and ATAC-only encoders (their outputs are then ``None``); training needs them.
         """
         covariates = self._covariates(batch_index, cat_covs)
         # observed library sizes; a cell with no counts gets library 1 instead of log(0)
@@ -236,17 +238,17 @@ class SCMVPModule(BaseModuleClass):
         x_log, y_log = self._encoder_input(x_rna, library_rna), self._encoder_input(x_atac, library_atac)
 
         qz = self.joint_encoder(x_log, y_log, *covariates)
-        qz_rna = self.rna_encoder(x_log, *covariates)
-        qz_atac = self.atac_encoder(y_log, *covariates)
         z = qz.loc if use_mean else qz.rsample()
         log_gamma = self.prior.log_responsibilities(z) if bool(self.gmm_initialized) else None
+        outputs = {"qz_rna": None, "qz_atac": None, "z_rna": None, "z_atac": None}
+        if single_modalities:
+            for name, encoder, data in (("rna", self.rna_encoder, x_log), ("atac", self.atac_encoder, y_log)):
+                q = encoder(data, *covariates)
+                outputs[f"qz_{name}"], outputs[f"z_{name}"] = q, q.loc if use_mean else q.rsample()
         return {
             "z": z,
             "qz": qz,
-            "qz_rna": qz_rna,
-            "qz_atac": qz_atac,
-            "z_rna": qz_rna.loc if use_mean else qz_rna.rsample(),
-            "z_atac": qz_atac.loc if use_mean else qz_atac.rsample(),
+            **outputs,
             "library_rna": library_rna,
             "library_atac": library_atac,
             "log_gamma": log_gamma,

@@ -13,14 +13,20 @@ def _codes(labels) -> np.ndarray:
     return np.unique(np.asarray(labels).astype(str), return_inverse=True)[1]
 
 
+def agreement(labels, predicted, prefix: str = "") -> dict[str, float]:
+    """ARI and NMI of a clustering ``predicted`` against known ``labels`` (keys ``{prefix}ari``, ``{prefix}nmi``)."""
+    truth, predicted = _codes(labels), _codes(predicted)
+    return {
+        f"{prefix}ari": float(adjusted_rand_score(truth, predicted)),
+        f"{prefix}nmi": float(normalized_mutual_info_score(truth, predicted)),
+    }
+
+
 def kmeans_scores(latent: np.ndarray, labels, seed: int = 0) -> dict[str, float]:
     """ARI and NMI of KMeans (k = number of labels, 10 restarts) on ``latent`` against ``labels``."""
-    truth = _codes(labels)
-    predicted = KMeans(n_clusters=len(np.unique(truth)), n_init=10, random_state=seed).fit_predict(latent)
-    return {
-        "kmeans_ari": float(adjusted_rand_score(truth, predicted)),
-        "kmeans_nmi": float(normalized_mutual_info_score(truth, predicted)),
-    }
+    n_clusters = len(np.unique(_codes(labels)))
+    predicted = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(latent)
+    return agreement(labels, predicted, "kmeans_")
 
 
 def leiden_scores(
@@ -41,11 +47,10 @@ def leiden_scores(
             adata, resolution=float(resolution), flavor="igraph", n_iterations=2, directed=False, random_state=seed
         )
         predicted = adata.obs["leiden"].to_numpy()
-        nmi = normalized_mutual_info_score(truth, predicted)
-        if nmi > best["leiden_nmi"]:
+        scores = agreement(truth, predicted, "leiden_")
+        if scores["leiden_nmi"] > best["leiden_nmi"]:
             best = {
-                "leiden_nmi": float(nmi),
-                "leiden_ari": float(adjusted_rand_score(truth, predicted)),
+                **scores,
                 "leiden_resolution": float(resolution),
                 "leiden_n_clusters": len(np.unique(predicted)),
             }
