@@ -1,0 +1,21 @@
+"""Evaluation protocol: clustering of an embedding, imputation on all or held-out entries, and baselines."""
+
+from ._baselines import knn_imputation, mean_imputation
+from ._clustering import agreement, clustering_report, kmeans_scores, leiden_scores, silhouette
+from ._imputation import atac_imputation_scores, rna_imputation_scores, rowwise_auroc_auprc, rowwise_pearson
+from ._masking import EntryMask
+
+__all__ = [
+    "EntryMask",
+    "agreement",
+    "atac_imputation_scores",
+    "clustering_report",
+    "kmeans_scores",
+    "knn_imputation",
+    "leiden_scores",
+    "mean_imputation",
+    "rna_imputation_scores",
+    "rowwise_auroc_auprc",
+    "rowwise_pearson",
+    "silhouette",
+]
