@@ -39,8 +39,11 @@ def rowwise_pearson(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = N
     with np.errstate(invalid="ignore", divide="ignore"):
         xc = np.where(w, x - (x * w).sum(axis=1, keepdims=True) / n[:, None], 0.0)
         yc = np.where(w, y - (y * w).sum(axis=1, keepdims=True) / n[:, None], 0.0)
-        r = (xc * yc).sum(axis=1) / np.sqrt((xc**2).sum(axis=1) * (yc**2).sum(axis=1))
-    r[(n < 3) | ~np.isfinite(r)] = np.nan
+        x_norm, y_norm = np.sqrt((xc**2).sum(axis=1)), np.sqrt((yc**2).sum(axis=1))
+        r = (xc * yc).sum(axis=1) / (x_norm * y_norm)
+    # rounding leaves a constant row (a population-mean imputation) with a tiny spread: treat it as constant
+    constant = (x_norm <= 1e-9 * np.sqrt((x**2 * w).sum(axis=1))) | (y_norm <= 1e-9 * np.sqrt((y**2 * w).sum(axis=1)))
+    r[(n < 3) | constant | ~np.isfinite(r)] = np.nan
     return r
 
 
