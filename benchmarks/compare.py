@@ -113,9 +113,7 @@ def train_multivi(train, args) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray
     model = scvi.model.MULTIVI(train)
     timer = epoch_timer()
     start = time.perf_counter()
-    model.train(
-        max_epochs=args.multivi_max_epochs, accelerator="cpu", enable_progress_bar=False, callbacks=[timer]
-    )
+    model.train(max_epochs=args.multivi_max_epochs, accelerator="cpu", enable_progress_bar=False, callbacks=[timer])
     info = {
         "train_seconds": time.perf_counter() - start,
         "epochs": len(timer.seconds),
@@ -286,9 +284,9 @@ def write_table(args: argparse.Namespace, meta: dict, results: list[dict], figur
         "observed peaks, per cell and per peak. 'All entries' includes what the model saw in training; "
         "'held-out entries' scores only the hidden ones against their true values. Cells or features without "
         "variance (or without both open and closed entries) are skipped: the population mean has no per-gene "
-        "score, and its per-peak AUROC is 0.5 by construction. The PCA + LSI baseline imputes each cell with the mean profile of its 15 nearest other "
-        "cells in that embedding. Peak memory is the maximum resident set size of the method's own process after "
-        "training, data loading included.\n\n"
+        "score, and its per-peak AUROC is 0.5 by construction. The PCA + LSI baseline imputes each cell with the "
+        "mean profile of its 15 nearest other cells in that embedding. Peak memory is the maximum resident set "
+        "size of the method's own process after training, data loading included.\n\n"
     )
     args.table.parent.mkdir(parents=True, exist_ok=True)
     args.table.write_text(header + section)

@@ -47,7 +47,9 @@ def test_entry_mask_is_uniform_stateless_and_hides_only_its_entries():
     assert (metrics.EntryMask(400, 0.1, seed=4).block(np.arange(500)) != full).any()
 
     rng = np.random.default_rng(0)
-    counts = sparse.random(500, 400, density=0.3, format="csr", random_state=1, data_rvs=lambda n: rng.integers(1, 9, n))
+    counts = sparse.random(
+        500, 400, density=0.3, format="csr", random_state=1, data_rvs=lambda n: rng.integers(1, 9, n)
+    )
     before = counts.copy()
     hidden = mask.hide(counts)
     assert (counts != before).nnz == 0  # input untouched

@@ -45,7 +45,11 @@ def knn_imputation(
     index = neighbors.kneighbors(representation, return_distance=False)[:, 1:]
     n_cells = profiles.shape[0]
     weights = sparse.csr_matrix(
-        (np.full(index.size, 1.0 / n_neighbors, dtype=np.float32), index.ravel(), np.arange(0, index.size + 1, n_neighbors)),
+        (
+            np.full(index.size, 1.0 / n_neighbors, dtype=np.float32),
+            index.ravel(),
+            np.arange(0, index.size + 1, n_neighbors),
+        ),
         shape=(n_cells, n_cells),
     )
     return (weights @ profiles).toarray()

@@ -21,7 +21,7 @@ def _blocks(n: int, size: int) -> Iterator[np.ndarray]:
 
 
 def _dense(matrix, rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
-    """A dense float64 block of an array, sparse matrix or DataFrame."""
+    """Return a dense float64 block of an array, sparse matrix or DataFrame."""
     values = matrix.to_numpy() if hasattr(matrix, "to_numpy") else matrix
     block = values[rows] if rows is not None else values
     block = block[:, cols] if cols is not None else block
