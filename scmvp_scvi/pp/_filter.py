@@ -85,6 +85,10 @@ def filter_paired(
     ``min_cells_per_gene`` cells and peaks open in fewer than ``min_cells_per_peak`` or more than
     ``max_cells_per_peak`` cells (counted on the cells kept). Each step logs what it removed.
 
+    The presets were made for the complete matrices released with each protocol. On data already reduced to a
+    subset of genes or peaks, cells detect fewer features: check the logged counts, and lower ``min_genes`` or
+    ``min_peaks`` rather than lose most cells.
+
     Parameters
     ----------
     mdata
@@ -151,7 +155,8 @@ def filter_paired(
     low, high = settings["min_cells_per_peak"], settings["max_cells_per_peak"]
     if low is not None or high is not None:
         keep_peaks = (n_cells >= (low or 0)) & (n_cells <= (high if high is not None else np.inf))
-        _filter_var(peaks, keep_peaks, f"peaks open in fewer than {low} or more than {high} cells")
+        bounds = [f"fewer than {low}" if low is not None else "", f"more than {high}" if high is not None else ""]
+        _filter_var(peaks, keep_peaks, f"peaks open in {' or '.join(b for b in bounds if b)} cells")
     mdata.update()
     return None if inplace else mdata
 
