@@ -80,12 +80,11 @@ def train_scmvp(train, args) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     import scmvp_scvi
 
     scmvp_scvi.SCMVP.setup_mudata(train, batch_key=args.batch_key)
-    model = scmvp_scvi.SCMVP(train)
+    model = scmvp_scvi.SCMVP(train, **args.scmvp_kwargs)
     timer = epoch_timer()
     start = time.perf_counter()
     model.train(
-        max_epochs=args.max_epochs,
-        pretrain_epochs=args.max_epochs,
+        **{"max_epochs": args.max_epochs, "pretrain_epochs": args.max_epochs, **args.scmvp_train_kwargs},
         accelerator="cpu",
         enable_progress_bar=False,
         callbacks=[timer],
@@ -173,6 +172,8 @@ def run_method(method: str, args: argparse.Namespace) -> None:
     labels = mdata.obs[args.label_key].astype(str).to_numpy()
     info, latent, rna, atac = RUNNERS[method](train, args)
     result = {"method": method, **info}
+    if method == "scmvp" and (args.scmvp_kwargs or args.scmvp_train_kwargs):
+        result["scmvp_arguments"] = {**args.scmvp_kwargs, **args.scmvp_train_kwargs}
     if latent is not None:
         result.update(clustering_report(latent, labels, seed=args.seed))
         np.savez_compressed(args.results / f"{args.name}_{method}_latent.npz", latent=latent)
@@ -292,6 +293,17 @@ def write_table(args: argparse.Namespace, meta: dict, results: list[dict], figur
     args.table.write_text(header + section)
 
 
+def _without_methods(argv: list[str]) -> list[str]:
+    """The command-line arguments without ``--methods ...`` (the table reports all methods run so far)."""
+    kept, skipping = [], False
+    for token in argv:
+        if token.startswith("--"):
+            skipping = token == "--methods"
+        if not skipping:
+            kept.append(token)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="labelled paired .h5mu (modalities rna, atac)")
@@ -299,6 +311,8 @@ def main() -> None:
     parser.add_argument("--batch-key", default=None, help="obs column used as batch covariate by both models")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--max-epochs", type=int, default=None, help="SCMVP epochs per phase (default: its recipe)")
+    parser.add_argument("--scmvp-kwargs", type=json.loads, default={}, help="JSON of SCMVP(...) arguments")
+    parser.add_argument("--scmvp-train-kwargs", type=json.loads, default={}, help="JSON of SCMVP.train arguments")
     parser.add_argument("--multivi-max-epochs", type=int, default=100)
     parser.add_argument("--held-out", type=float, default=0.1, help="fraction of entries hidden from training")
     parser.add_argument("--n-cells", type=int, default=None, help="score a seeded subsample of cells")
@@ -327,7 +341,9 @@ def main() -> None:
     mdata, _, _ = load_data(args)
     labels = mdata.obs[args.label_key].astype(str).to_numpy()
     figure = args.table.parent / "figures" / f"{args.name}_umap.png"
-    umap_figure(args, labels, args.methods, figure)
+    # the table and figure cover every method with a result, so one method can be re-run on its own
+    methods = [m for m in METHODS if (args.results / f"{args.name}_{m}.json").exists()]
+    umap_figure(args, labels, methods, figure)
     epochs = args.max_epochs or default_epochs(mdata.n_obs)
     meta = {
         "data": args.data.name + ("" if args.n_cells is None else f" (subsample of {args.n_cells} cells)"),
@@ -338,9 +354,9 @@ def main() -> None:
         "scmvp_epochs": f"{epochs} pretraining + {epochs} joint epochs",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "versions": {"scmvp_scvi": __version__, "scvi-tools": scvi.__version__, "mudata": md.__version__},
-        "command": "python benchmarks/compare.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/compare.py", *_without_methods(sys.argv[1:])]),
     }
-    results = [json.loads((args.results / f"{args.name}_{m}.json").read_text()) for m in args.methods]
+    results = [json.loads((args.results / f"{args.name}_{m}.json").read_text()) for m in methods]
     (args.results / f"{args.name}_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     write_table(args, meta, results, figure)
     print(args.table.read_text())

@@ -19,10 +19,11 @@ from scvi.data.fields import (
     MuDataLayerField,
 )
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
+from scvi.model.base._save_load import _load_saved_files
 
 from ._gmm_init import cluster_statistics, kmeans_labels, leiden_labels
 from ._module import SCMVPModule
-from ._validation import check_alignment, check_counts, check_obs_keys, resolve_modalities
+from ._validation import check_alignment, check_counts, check_obs_keys, check_saved_features, resolve_modalities
 
 logger = logging.getLogger(__name__)
 
@@ -376,6 +377,11 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         **kwargs
             Passed to :meth:`scvi.model.base.BaseModelClass.load` (``accelerator``, ``device``, ``prefix``).
         """
+        if mdata is not None:
+            attr_dict, var_names, _, _ = _load_saved_files(
+                str(dir_path), load_adata=False, prefix=kwargs.get("prefix"), map_location="cpu"
+            )
+            check_saved_features(mdata, var_names, attr_dict["registry_"]["setup_args"]["modalities"])
         model = super().load(dir_path, adata=mdata, **kwargs)
         model._update_summary()
         return model

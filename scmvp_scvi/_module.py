@@ -324,12 +324,31 @@ class SCMVPModule(BaseModuleClass):
             "kl_joint": kl_joint.mean(),
             **{k: v.mean() for k, v in extra.items()},
         }
+        if not torch.isfinite(loss).all():
+            self._raise_non_finite(metrics)
         return LossOutput(
             loss=loss.mean(),
             reconstruction_loss={"rna": nll_rna, "atac": nll_atac},
             kl_local={"kl_prior": kl_prior},
             extra_metrics={k: v.detach() for k, v in metrics.items()},
         )
+
+    def _raise_non_finite(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Stop with an error that names the loss terms that became NaN or infinite, and what to try."""
+        phase = "joint training" if bool(self.gmm_initialized) else "pretraining"
+        bad = [name for name, value in metrics.items() if not torch.isfinite(value).all()]
+        if len(bad) == len(metrics):
+            cause = (
+                "every loss term is NaN or infinite, so the weights themselves diverged. Lower the learning rate "
+                "(train(lr=...), default 5e-3) or raise Adam's eps (train(eps=...))"
+            )
+        else:
+            cause = (
+                f"the terms {bad} became NaN or infinite. Lower the learning rate (train(lr=...)); if the "
+                "reconstruction terms (nll_*) are the bad ones, check the counts of that modality or try another "
+                "likelihood (rna_likelihood / atac_likelihood)"
+            )
+        raise FloatingPointError(f"SCMVP stopped during {phase}: {cause}.")
 
     def _pretraining_terms(self, tensors, inference_outputs):
         """Single-modality VAEs through the shared decoder channels, standard normal priors."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -66,13 +67,44 @@ def check_counts(adata: AnnData, layer: str | None, modality: str) -> None:
     where = f"mdata[{modality!r}]" + (f".layers[{layer!r}]" if layer else ".X")
     values = _stored_values(x)
     if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
-        raise TypeError(f"{where} has dtype {values.dtype}; counts must be integers or floats.")
+        raise TypeError(
+            f"{where} has dtype {values.dtype}; counts must be integers or floats. Convert them, e.g. "
+            f"{where} = {where}.astype(np.float32)."
+        )
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{where} has shape {x.shape}; it needs at least one cell and one feature.")
     if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
         raise ValueError(f"{where} contains NaN or infinite values; remove or impute them before setup.")
     if values.size and values.min() < 0:
-        raise ValueError(f"{where} contains negative values; SCMVP models raw (non-negative) counts.")
+        raise ValueError(
+            f"{where} contains negative values (minimum {values.min():g}); SCMVP models raw, non-negative counts. "
+            "Pass the layer that holds them, not scaled or centred data."
+        )
+    cell_totals = np.asarray(x.sum(axis=1)).ravel()
+    if (empty := cell_totals == 0).any():
+        examples = list(adata.obs_names[empty][:3])
+        raise ValueError(
+            f"{int(empty.sum())} cells have no counts in {where} (e.g. {examples}); a cell needs counts in both "
+            "modalities. Remove them, e.g. scmvp_scvi.pp.filter_paired(mdata, min_genes=1, min_peaks=1)."
+        )
+    if np.issubdtype(values.dtype, np.floating) and values.size:
+        fractional = values[values != np.round(values)]
+        if fractional.size:
+            warnings.warn(
+                f"{where} holds non-integer values (e.g. {fractional[0]:g}), but SCMVP's likelihoods model raw "
+                "counts. Pass the layer with raw counts; for normalised or TF-IDF peaks, binarise them "
+                "(scmvp_scvi.pp.binarize) and use atac_likelihood='bernoulli'.",
+                UserWarning,
+                stacklevel=3,
+            )
+    n_cells_per_feature = np.asarray((x > 0).sum(axis=0)).ravel()
+    if (empty_features := n_cells_per_feature == 0).any():
+        warnings.warn(
+            f"{int(empty_features.sum())} features of {where} have no counts in any cell; they only cost time. "
+            "Remove them with scmvp_scvi.pp.filter_paired(mdata, min_cells_per_gene=1, min_cells_per_peak=1).",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def check_alignment(mdata: MuData, modalities: Sequence[str]) -> None:
@@ -109,3 +141,27 @@ def check_obs_keys(mdata: MuData, keys: Sequence[str], modality: str | None, arg
             else ""
         )
         raise ValueError(f"{argument} {key!r} not found in {place}.{hint}")
+
+
+def check_saved_features(mdata: MuData, saved: dict[str, np.ndarray], modalities: dict[str, str]) -> None:
+    """Raise unless each registered modality of ``mdata`` has the features a saved model was trained on."""
+    if not isinstance(mdata, MuData):
+        raise TypeError(f"SCMVP.load expects a MuData object, got {type(mdata).__name__}.")
+    for argument in ("rna_layer", "atac_layer"):
+        name = modalities[argument]
+        if name not in mdata.mod:
+            raise ValueError(f"The model was trained on modality {name!r}, which the MuData lacks ({list(mdata.mod)}).")
+        expected, found = np.asarray(saved[name]).astype(str), np.asarray(mdata.mod[name].var_names).astype(str)
+        if len(expected) == len(found) and (expected == found).all():
+            continue
+        missing = np.setdiff1d(expected, found)
+        if len(missing):
+            raise ValueError(
+                f"mdata[{name!r}] lacks {len(missing)} of the {len(expected)} features the model was trained on "
+                f"(e.g. {[str(m) for m in missing[:3]]}). Load the model onto data that has all of them."
+            )
+        extra = "also other features" if len(found) > len(expected) else "its features in another order"
+        raise ValueError(
+            f"mdata[{name!r}] has {extra} than at training. Subset and order it like the training data: "
+            f"mdata.mod[{name!r}] = mdata[{name!r}][:, training_var_names].copy(); mdata.update()."
+        )

@@ -27,7 +27,8 @@ def synthetic_paired(
     ``1 / (2 * n_cell_types)`` of the features each), on top of shared baselines and per-cell noise.
     RNA counts are negative binomial with log-normal library sizes; ATAC counts are open/closed draws whose
     probability scales with a per-cell sequencing depth, plus occasional extra reads. Batches shift every gene and
-    peak by a batch-specific amount.
+    peak by a batch-specific amount. A cell left without counts in a modality gets one read at its most likely
+    feature, so that every cell is observed in both.
 
     Parameters
     ----------
@@ -85,6 +86,10 @@ def synthetic_paired(
     logit += rng.normal(0.0, 0.4, n_cells)[:, None]
     is_open = rng.random((n_cells, n_peaks)) < 1 / (1 + np.exp(-logit))
     atac = (is_open * (1 + rng.poisson(0.2, (n_cells, n_peaks)))).astype(np.float32)
+    # as after any cell-calling step, no cell is empty: give an empty cell a read at its most likely feature
+    for counts, scores in ((rna, mean), (atac, logit)):
+        empty = np.flatnonzero(counts.sum(axis=1) == 0)
+        counts[empty, scores[empty].argmax(axis=1)] = 1
 
     obs = pd.DataFrame(
         {

@@ -1,0 +1,99 @@
+"""Save/load round trips, models saved by earlier releases, outputs in .h5mu files, and determinism."""
+
+from pathlib import Path
+
+import mudata as md
+import numpy as np
+import pytest
+import scmvp_scvi
+import scvi
+from scmvp_scvi import SCMVP
+
+FROZEN = sorted((Path(__file__).parent / "data").glob("frozen_model_*"))
+FAST = {"accelerator": "cpu", "enable_progress_bar": False}
+
+
+def test_a_frozen_fixture_exists():
+    assert FROZEN, "tests/data must hold at least one frozen model (tests/data/make_frozen_model.py)"
+
+
+@pytest.mark.parametrize("fixture", FROZEN, ids=[p.name for p in FROZEN])
+def test_models_saved_by_earlier_releases_still_load(fixture):
+    mdata = md.read_h5mu(fixture / "data.h5mu")
+    model = SCMVP.load(str(fixture / "model"), mdata)
+    expected = np.load(fixture / "expected.npz")
+    np.testing.assert_allclose(model.get_latent_representation(key_added=None), expected["latent"], atol=1e-5)
+    rna, atac = model.get_imputed_values(layer_key=None)
+    np.testing.assert_allclose(rna, expected["rna"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(atac, expected["atac"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(model.get_cluster_assignments(key_added=None).astype(str), expected["clusters"])
+
+
+@pytest.fixture(scope="module")
+def frozen():
+    fixture = FROZEN[0]
+    return fixture, md.read_h5mu(fixture / "data.h5mu")
+
+
+def test_loading_onto_other_features_fails_clearly(frozen):
+    fixture, mdata = frozen
+    fewer = md.MuData({"rna": mdata["rna"][:, :-1].copy(), "atac": mdata["atac"].copy()})
+    with pytest.raises(ValueError, match=r"mdata\['rna'\] lacks 1 of the 30 features the model was trained on"):
+        SCMVP.load(str(fixture / "model"), fewer)
+    reordered = md.MuData({"rna": mdata["rna"].copy(), "atac": mdata["atac"][:, ::-1].copy()})
+    with pytest.raises(ValueError, match=r"mdata\['atac'\] has its features in another order"):
+        SCMVP.load(str(fixture / "model"), reordered)
+    renamed = md.MuData({"gex": mdata["rna"].copy(), "atac": mdata["atac"].copy()})
+    with pytest.raises(ValueError, match="trained on modality 'rna', which the MuData lacks"):
+        SCMVP.load(str(fixture / "model"), renamed)
+
+
+def test_loading_onto_other_batches_fails_clearly(tmp_path):
+    mdata = scmvp_scvi.data.synthetic_paired(n_cells=120, n_genes=20, n_peaks=40, n_batches=2, seed=2)
+    SCMVP.setup_mudata(mdata, batch_key="batch")
+    model = SCMVP(mdata, n_hidden=32, n_heads=4)
+    model.train(max_epochs=1, pretrain_epochs=1, **FAST)
+    model.save(str(tmp_path / "model"))
+    other = mdata.copy()
+    other.obs["batch"] = other.obs["batch"].astype(str).replace({"batch_1": "batch_9"})
+    with pytest.raises(ValueError, match="batch_9"):
+        SCMVP.load(str(tmp_path / "model"), other)
+    missing = mdata.copy()
+    del missing.obs["batch"]
+    with pytest.raises(ValueError, match="batch"):
+        SCMVP.load(str(tmp_path / "model"), missing)
+
+
+def test_outputs_survive_h5mu_round_trip(tmp_path):
+    mdata = scmvp_scvi.data.synthetic_paired(n_cells=150, n_genes=30, n_peaks=60, n_cell_types=3, seed=4)
+    SCMVP.setup_mudata(mdata)
+    model = SCMVP(mdata, n_hidden=32, n_heads=4)
+    model.train(max_epochs=2, pretrain_epochs=2, **FAST)
+    latent = model.get_latent_representation()
+    clusters = model.get_cluster_assignments()
+    rna, atac = model.get_imputed_values()
+    mdata.write_h5mu(tmp_path / "out.h5mu")
+    back = md.read_h5mu(tmp_path / "out.h5mu")
+    np.testing.assert_array_equal(back.obsm["X_scmvp"], latent)
+    np.testing.assert_array_equal(back.obs["scmvp_cluster"].astype(str), np.asarray(clusters).astype(str))
+    np.testing.assert_array_equal(back["rna"].layers["scmvp_imputed"], rna)
+    np.testing.assert_array_equal(back["atac"].layers["scmvp_imputed"], atac)
+    # the file is enough to reload the model onto it
+    model.save(str(tmp_path / "model"))
+    again = SCMVP.load(str(tmp_path / "model"), back)
+    np.testing.assert_allclose(again.get_latent_representation(key_added=None), latent, atol=1e-6)
+
+
+def _latent_of_run(seed: int) -> np.ndarray:
+    scvi.settings.seed = seed
+    mdata = scmvp_scvi.data.synthetic_paired(n_cells=150, n_genes=30, n_peaks=60, n_cell_types=3, seed=5)
+    SCMVP.setup_mudata(mdata)
+    model = SCMVP(mdata, n_hidden=32, n_heads=4)
+    model.train(max_epochs=2, pretrain_epochs=2, **FAST)
+    return model.get_latent_representation(key_added=None)
+
+
+def test_same_seed_same_latent_on_cpu():
+    first, second = _latent_of_run(3), _latent_of_run(3)
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(first, _latent_of_run(4))
