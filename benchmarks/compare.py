@@ -220,9 +220,9 @@ def umap_figure(args: argparse.Namespace, labels: np.ndarray, methods: list[str]
 
 def _fmt(result: dict, *keys: str) -> str:
     values = [result.get(key) for key in keys]
-    if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in values):
+    if all(v is None for v in values):
         return "-"
-    return " / ".join(f"{v:.3f}" for v in values)
+    return " / ".join("-" if v is None or np.isnan(v) else f"{v:.3f}" for v in values)
 
 
 ROWS = [

@@ -47,7 +47,7 @@ def _matrix(adata: AnnData, layer: str | None, modality: str):
         return adata.X
     if layer not in adata.layers:
         raise ValueError(
-            f"Layer {layer!r} not found in mdata[{modality!r}].layers (available: {list(adata.layers)}). "
+            f"Layer {layer!r} not found in mdata[{modality!r}].layers (available: {layer_names(adata)}). "
             "Pass layer=None to use .X."
         )
     return adata.layers[layer]
@@ -140,7 +140,7 @@ def check_obs_keys(mdata: MuData, keys: Sequence[str], modality: str | None, arg
             if found
             else ""
         )
-        raise ValueError(f"{argument} {key!r} not found in {place}.{hint}")
+        raise ValueError(f"{argument} {key!r} not found in {place} (its columns: {list(obs.columns)}).{hint}")
 
 
 def check_saved_features(mdata: MuData, saved: dict[str, np.ndarray], modalities: dict[str, str]) -> None:
@@ -165,3 +165,8 @@ def check_saved_features(mdata: MuData, saved: dict[str, np.ndarray], modalities
             f"mdata[{name!r}] has {extra} than at training. Subset and order it like the training data: "
             f"mdata.mod[{name!r}] = mdata[{name!r}][:, training_var_names].copy(); mdata.update()."
         )
+
+
+def layer_names(adata: AnnData) -> list[str]:
+    """Names of the layers (recent anndata also lists ``.X`` under the key ``None``)."""
+    return [key for key in adata.layers if key is not None]

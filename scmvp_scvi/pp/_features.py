@@ -11,6 +11,7 @@ from anndata import AnnData
 from mudata import MuData
 from scipy import sparse
 
+from .._validation import layer_names
 from ._filter import _filter_var, _modality, cells_per_feature
 
 logger = logging.getLogger("scmvp_scvi")
@@ -24,7 +25,7 @@ def _target(mdata: MuData, modality: str, inplace: bool) -> tuple[MuData, AnnDat
 
 def _counts(adata: AnnData, layer: str | None):
     if layer is not None and layer not in adata.layers:
-        raise ValueError(f"Layer {layer!r} not found; the layers are {list(adata.layers)}.")
+        raise ValueError(f"Layer {layer!r} not found; the layers are {layer_names(adata)}.")
     return adata.X if layer is None else adata.layers[layer]
 
 
