@@ -117,7 +117,8 @@ def filter_paired(
         if preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
         settings = {key: PRESETS[preset][key] if value is None else value for key, value in settings.items()}
-    _modality(mdata, rna, "rna"), _modality(mdata, atac, "atac")
+    _modality(mdata, rna, "rna")
+    _modality(mdata, atac, "atac")
     if not inplace:
         mdata = mdata.copy()
 
