@@ -44,20 +44,26 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def load_data(args: argparse.Namespace):
-    """The data set (optionally a seeded subsample of cells) and the same data with held-out entries hidden."""
+def read_data(args: argparse.Namespace):
+    """The data set, or a seeded subsample of its cells."""
     import mudata as md
-    from scmvp_scvi.metrics import EntryMask
 
     mdata = md.read_h5mu(args.data)
     if args.n_cells is not None and args.n_cells < mdata.n_obs:
         keep = np.sort(np.random.default_rng(args.seed).choice(mdata.n_obs, args.n_cells, replace=False))
         mdata = mdata[keep].copy()
+    return mdata
+
+
+def hide_entries(mdata, args: argparse.Namespace):
+    """The same data with the held-out RNA and ATAC entries set to zero, and the masks that hid them."""
+    from scmvp_scvi.metrics import EntryMask
+
     masks = {mod: EntryMask(mdata[mod].n_vars, args.held_out, seed=args.seed) for mod in ("rna", "atac")}
     train = mdata.copy()
     for mod, mask in masks.items():
         train.mod[mod].X = mask.hide(mdata[mod].X)
-    return mdata, train, masks
+    return train, masks
 
 
 def epoch_timer():
@@ -168,7 +174,8 @@ def run_method(method: str, args: argparse.Namespace) -> None:
     from scmvp_scvi.metrics import agreement, atac_imputation_scores, clustering_report, rna_imputation_scores
 
     scvi.settings.seed = args.seed
-    mdata, train, masks = load_data(args)
+    mdata = read_data(args)
+    train, masks = hide_entries(mdata, args)
     labels = mdata.obs[args.label_key].astype(str).to_numpy()
     info, latent, rna, atac = RUNNERS[method](train, args)
     result = {"method": method, **info}
@@ -338,7 +345,7 @@ def main() -> None:
     from scmvp_scvi import __version__
     from scmvp_scvi._model import default_epochs
 
-    mdata, _, _ = load_data(args)
+    mdata = read_data(args)  # labels and sizes only: no masking needed
     labels = mdata.obs[args.label_key].astype(str).to_numpy()
     figure = args.table.parent / "figures" / f"{args.name}_umap.png"
     # the table and figure cover every method with a result, so one method can be re-run on its own

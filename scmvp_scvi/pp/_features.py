@@ -99,7 +99,7 @@ def top_accessible_peaks(
         Work on ``mdata`` itself; otherwise return a modified copy.
     """
     mdata, atac = _target(mdata, modality, inplace)
-    n_cells = cells_per_feature(AnnData(_counts(atac, layer)))
+    n_cells = cells_per_feature(_counts(atac, layer))
     order = np.argsort(-n_cells, kind="stable")[: min(n_top_peaks, atac.n_vars)]
     top = np.zeros(atac.n_vars, dtype=bool)
     top[order] = True

@@ -48,14 +48,14 @@ def _modality(mdata: MuData, name: str, argument: str) -> AnnData:
     return mdata.mod[name]
 
 
-def detected_per_cell(adata: AnnData) -> np.ndarray:
-    """Count the features with a non-zero value in each cell."""
-    return np.asarray((adata.X > 0).sum(axis=1)).ravel()
+def detected_per_cell(counts) -> np.ndarray:
+    """Count the features with a non-zero value in each cell (row) of a dense or sparse matrix."""
+    return np.asarray((counts > 0).sum(axis=1)).ravel()
 
 
-def cells_per_feature(adata: AnnData) -> np.ndarray:
-    """Count the cells in which each feature has a non-zero value."""
-    return np.asarray((adata.X > 0).sum(axis=0)).ravel()
+def cells_per_feature(counts) -> np.ndarray:
+    """Count the cells in which each feature (column) of a dense or sparse matrix has a non-zero value."""
+    return np.asarray((counts > 0).sum(axis=0)).ravel()
 
 
 def _filter_var(adata: AnnData, keep: np.ndarray, what: str) -> None:
@@ -131,7 +131,7 @@ def filter_paired(
     keep = np.ones(mdata.n_obs, dtype=bool)
     for modality, minimum in ((rna, settings["min_genes"]), (atac, settings["min_peaks"])):
         if minimum is not None:
-            counts = detected_per_cell(mdata.mod[modality])
+            counts = detected_per_cell(mdata.mod[modality].X)
             keep &= mdata.obs_names.isin(mdata.mod[modality].obs_names[counts >= minimum])
     if settings["min_genes"] is not None or settings["min_peaks"] is not None:
         logger.info(
@@ -148,11 +148,11 @@ def filter_paired(
         genes = mdata.mod[rna]
         _filter_var(
             genes,
-            cells_per_feature(genes) >= settings["min_cells_per_gene"],
+            cells_per_feature(genes.X) >= settings["min_cells_per_gene"],
             f"genes detected in fewer than {settings['min_cells_per_gene']} cells",
         )
     peaks = mdata.mod[atac]
-    n_cells = cells_per_feature(peaks)
+    n_cells = cells_per_feature(peaks.X)
     low, high = settings["min_cells_per_peak"], settings["max_cells_per_peak"]
     if low is not None or high is not None:
         keep_peaks = (n_cells >= (low or 0)) & (n_cells <= (high if high is not None else np.inf))
@@ -191,7 +191,7 @@ def filter_peak_prevalence(
     if not inplace:
         mdata = mdata.copy()
     peaks = mdata.mod[atac]
-    fraction = cells_per_feature(peaks) / peaks.n_obs
+    fraction = cells_per_feature(peaks.X) / peaks.n_obs
     _filter_var(
         peaks,
         (fraction >= min_fraction) & (fraction <= max_fraction),
