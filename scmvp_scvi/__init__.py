@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, metrics, pp
+from . import data, metrics, pl, pp
 from ._model import SCMVP
 from ._module import SCMVPModule
 
@@ -11,4 +11,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["SCMVP", "SCMVPModule", "data", "metrics", "pp"]
+__all__ = ["SCMVP", "SCMVPModule", "data", "metrics", "pl", "pp"]

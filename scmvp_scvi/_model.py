@@ -712,22 +712,22 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
 def _merge_history(
     previous: dict[str, pd.DataFrame] | None, new: dict[str, pd.DataFrame] | None, phase: str
 ) -> dict[str, pd.DataFrame] | None:
-    """Append one phase's history to the previous one; ``training_phase`` records the phase of each epoch."""
+    """Append one phase's history to the previous one.
+
+    Every frame is indexed by the epoch counted over all phases, so a metric that only one phase logs (e.g.
+    ``kl_cycle_train``) lines up with ``train_loss``; ``training_phase`` records the phase of each epoch.
+    """
     if not new:
         return previous
     new = {key: _as_float(frame) for key, frame in new.items()}
     n_epochs = len(new["train_loss"]) if "train_loss" in new else 0
     new["training_phase"] = pd.DataFrame({"training_phase": [phase] * n_epochs})
-    if not previous:
-        return new
-    merged = dict(previous)
+    offset = len(previous["training_phase"]) if previous and "training_phase" in previous else 0
+    merged = dict(previous or {})
     for key, frame in new.items():
-        if key in merged:
-            offset = len(merged[key])
-            frame.index = pd.RangeIndex(offset, offset + len(frame), name=merged[key].index.name)
-            merged[key] = pd.concat([merged[key], frame])
-        else:
-            merged[key] = frame
+        name = merged[key].index.name if key in merged else frame.index.name
+        frame.index = pd.RangeIndex(offset, offset + len(frame), name=name)
+        merged[key] = pd.concat([merged[key], frame]) if key in merged else frame
     return merged
 
 

@@ -133,6 +133,10 @@ def test_each_likelihood_trains_with_falling_loss(small_mdata, rna_likelihood, a
         assert values[-1] < values[0], f"{phase}: reconstruction did not improve"
     assert set(phases) == {"pretraining", "joint"}
     assert "kl_cycle_train" in history and "cluster_consistency_train" in history
+    # metrics of one phase are indexed by the global epoch, aligned with train_loss
+    joint_epochs = history["training_phase"].index[phases == "joint"]
+    assert history["kl_cycle_train"].index.equals(joint_epochs)
+    assert history["nll_rna_single_train"].index.equals(history["training_phase"].index[phases == "pretraining"])
     rna, atac = model.get_imputed_values()
     assert np.isfinite(rna).all() and np.isfinite(atac).all()
     if atac_likelihood == "bernoulli":
