@@ -123,3 +123,19 @@ def test_clustering_scores_on_separated_groups():
     assert metrics.agreement(labels, np.repeat([2, 0, 1], 60)) == {"ari": 1.0, "nmi": 1.0}
     shuffled = metrics.clustering_report(rng.normal(size=(180, 5)), labels, leiden=False)
     assert shuffled["kmeans_ari"] < 0.1
+
+
+def test_batch_mixing_separated_vs_mixed():
+    rng = np.random.default_rng(0)
+    batches = np.repeat(["a", "b", "c"], 100)
+    separated = rng.normal(size=(300, 5)) + 20 * np.repeat(np.eye(3, 5), 100, axis=0)
+    mixed = rng.normal(size=(300, 5))
+    assert metrics.batch_mixing(separated, batches, n_neighbors=10) == 0.0
+    assert metrics.batch_mixing(mixed, batches, n_neighbors=10) > 0.85
+    # known answer: on a line a-b-a-b the end cells see one cell of each batch (entropy log 2), the middle
+    # cells two of the other batch (0); the data set's own entropy is log 2
+    line = np.array([[0.0], [1.0], [2.0], [3.0]])
+    assert metrics.batch_mixing(line, ["a", "b", "a", "b"], n_neighbors=2) == pytest.approx(0.5)
+    assert np.isnan(metrics.batch_mixing(mixed, ["a"] * 300))
+    with pytest.raises(ValueError, match="batches has 3"):
+        metrics.batch_mixing(mixed, ["a", "b", "c"])

@@ -1,6 +1,7 @@
 """Evaluation protocol: clustering of an embedding, imputation on all or held-out entries, and baselines."""
 
 from ._baselines import knn_imputation, mean_imputation
+from ._batch import batch_mixing
 from ._clustering import agreement, clustering_report, kmeans_scores, leiden_scores, silhouette
 from ._imputation import atac_imputation_scores, rna_imputation_scores, rowwise_auroc_auprc, rowwise_pearson
 from ._masking import EntryMask
@@ -9,6 +10,7 @@ __all__ = [
     "EntryMask",
     "agreement",
     "atac_imputation_scores",
+    "batch_mixing",
     "clustering_report",
     "kmeans_scores",
     "knn_imputation",
