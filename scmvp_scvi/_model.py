@@ -49,7 +49,9 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
     a cycle-consistency head (Li et al., Genome Biology 2022).
 
     Query data with new batches can be mapped onto a trained model with :meth:`load_query_data` (scArches):
-    only the weights of the new batch covariates are trained.
+    only the weights of the new batch covariates are trained. The model also has the methods every scvi-tools
+    model has, e.g. ``save``, ``get_elbo``, ``get_reconstruction_error``, ``to_device`` and
+    ``view_anndata_setup``.
 
     Parameters
     ----------
@@ -83,7 +85,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
     >>> scmvp_scvi.SCMVP.setup_mudata(mdata)
     >>> model = scmvp_scvi.SCMVP(mdata)
     >>> model.train()
-    >>> mdata.obsm["X_scmvp"] = model.get_latent_representation()
+    >>> latent = model.get_latent_representation()  # also in mdata.obsm["X_scmvp"]
     """
 
     _module_cls = SCMVPModule
