@@ -38,6 +38,43 @@ def test_train_on_file_with_custom_modalities(tmp_path, capsys):
     assert "K = 3" in capsys.readouterr().out
 
 
+def test_summary_and_saved_model(tmp_path, capsys):
+    source, output, model_dir = tmp_path / "in.h5mu", tmp_path / "out.h5mu", tmp_path / "model"
+    scmvp_scvi.data.synthetic_paired(n_cells=120, n_genes=30, n_peaks=60, n_cell_types=3).write(source)
+    main(["train", str(source), "--output", str(output), "--n-centroids", "3", "--save-model", str(model_dir), *QUICK])
+    printed = capsys.readouterr().out
+    assert "120 cells, 30 genes, 60 peaks" in printed
+    assert "2 pretraining + 2 joint epochs" in printed
+    assert "K = 3 mixture components" in printed
+    result = md.read_h5mu(output)
+    model = scmvp_scvi.SCMVP.load(str(model_dir), result)
+    np.testing.assert_allclose(model.get_latent_representation(key_added=None), result.obsm["X_scmvp"], atol=1e-5)
+    # the input file is untouched
+    assert "X_scmvp" not in md.read_h5mu(source).obsm
+    # an existing output is only replaced on request
+    with pytest.raises(SystemExit, match="already exists; pass --overwrite"):
+        main(["train", str(source), "--output", str(output), *QUICK])
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("result.h5ad", "should end in .h5mu"),
+        ("in.h5mu", "is the input file"),
+        ("folder.h5mu", "is a folder"),
+        ("plain.txt/result.h5mu", "is not a writable folder"),
+    ],
+)
+def test_bad_outputs_stop_before_reading(tmp_path, output, message):
+    source = tmp_path / "in.h5mu"
+    source.write_text("never read")  # a bad output is reported before the input is read
+    (tmp_path / "folder.h5mu").mkdir()
+    (tmp_path / "plain.txt").write_text("")
+    with pytest.raises(SystemExit, match=message):
+        main(["train", str(source), "--output", str(tmp_path / output)])
+    assert source.read_text() == "never read"
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         main(["train", str(tmp_path / "nope.h5mu"), "--output", str(tmp_path / "o.h5mu")])
@@ -45,13 +82,26 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("not an hdf5 file")
     with pytest.raises(SystemExit, match="could not read"):
         main(["train", str(bad), "--output", str(tmp_path / "o.h5mu")])
+    with pytest.raises(SystemExit, match=r"is a folder; give an \.h5mu file"):
+        main(["train", str(tmp_path), "--output", str(tmp_path / "o.h5mu")])
+    h5ad = tmp_path / "cells.h5ad"
+    scmvp_scvi.data.synthetic_paired(n_cells=20, n_genes=5, n_peaks=5)["rna"].write_h5ad(h5ad)
+    with pytest.raises(SystemExit, match=r"holds no modalities; is it an \.h5ad file"):
+        main(["train", str(h5ad), "--output", str(tmp_path / "o.h5mu")])
 
 
 def test_bad_modality_reports_clearly(tmp_path):
     source = tmp_path / "in.h5mu"
     scmvp_scvi.data.synthetic_paired(n_cells=50, n_genes=10, n_peaks=20).write(source)
-    with pytest.raises(SystemExit, match="'gex' is not a modality"):
+    with pytest.raises(
+        SystemExit, match=r"--rna-modality 'gex' is not a modality of the file \(it has \['rna', 'atac'\]\)"
+    ):
         main(["train", str(source), "--output", str(tmp_path / "o.h5mu"), "--rna-modality", "gex"])
+    with pytest.raises(SystemExit, match="--label-key 'celltype' is not a column of obs"):
+        main(["train", str(source), "--output", str(tmp_path / "o.h5mu"), "--label-key", "celltype"])
+    with pytest.raises(SystemExit, match="batch_key 'donor' not found"):
+        main(["train", str(source), "--output", str(tmp_path / "o.h5mu"), "--batch-key", "donor"])
+    assert not (tmp_path / "o.h5mu").exists()
 
 
 def test_help_lists_commands(capsys):
@@ -59,4 +109,12 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "demo" in out and "train" in out
+    assert "demo" in out and "train" in out and "scmvp train --help" in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--output", "--batch-key", "--n-centroids", "--accelerator", "--save-model", "example:"):
+        assert option in out
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"scmvp {scmvp_scvi.__version__}"
