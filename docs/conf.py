@@ -39,11 +39,6 @@ numpydoc_xref_param_type = False
 
 html_theme = "sphinx_book_theme"
 html_title = "scmvp_scvi"
-html_theme_options = {
-    "repository_url": "https://github.com/scmvp-scvi/scmvp_scvi",
-    "use_repository_button": True,
-    "path_to_docs": "docs/",
-}
 
 
 def _copy_tutorials(app) -> None:

@@ -75,6 +75,14 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--atac-likelihood", choices=ATAC_LIKELIHOODS, default="zip", help="default: %(default)s")
     group.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    group.add_argument(
+        "--umap",
+        type=Path,
+        default=None,
+        metavar="FIGURE",
+        help="also compute a UMAP of the latent (obsm['X_umap']) and draw it to FIGURE (.png, .pdf or .svg), "
+        "coloured by SCMVP cluster and by --label-key",
+    )
     group.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -105,6 +113,8 @@ def _check_output(args: argparse.Namespace) -> None:
     existing = next((parent for parent in output.resolve().parents if parent.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
         _fail(f"cannot write {str(output)!r}: {str(existing)!r} is not a writable folder.")
+    if args.umap is not None and args.umap.suffix.lower() not in {".png", ".pdf", ".svg"}:
+        _fail(f"--umap {str(args.umap)!r} should end in .png, .pdf or .svg.")
 
 
 def _load(path: Path):
@@ -174,6 +184,8 @@ def _run(mdata, args, modalities: dict[str, str], label_key: str | None, batch_k
     latent = model.get_latent_representation()
     clusters = model.get_cluster_assignments()
     model.get_imputed_values()
+    if args.umap is not None:
+        _draw_umap(mdata, args.umap, ["scmvp_cluster"] if label_key is None else [label_key, "scmvp_cluster"])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     mdata.write(args.output)
     if args.save_model is not None:
@@ -195,6 +207,8 @@ def _run(mdata, args, modalities: dict[str, str], label_key: str | None, batch_k
     print(f"  final loss    {float(model.history['train_loss'].iloc[-1, 0]):.1f}")
     print(f"  wrote         {args.output}: obsm['X_scmvp'], obs['scmvp_cluster'], obsm['scmvp_cluster_probs'],")
     print("                layers['scmvp_imputed'] of each modality")
+    if args.umap is not None:
+        print(f"  UMAP          obsm['X_umap'], drawn to {args.umap}")
     if args.save_model is not None:
         print(f"  model         {args.save_model} (scmvp_scvi.SCMVP.load(folder, mdata))")
     if label_key is not None:
@@ -204,6 +218,23 @@ def _run(mdata, args, modalities: dict[str, str], label_key: str | None, batch_k
         print(f"  recovery of {label_key!r} ({len(set(labels))} groups):")
         print(f"    KMeans on the latent: ARI {scores['kmeans_ari']:.3f}, NMI {scores['kmeans_nmi']:.3f}")
         print(f"    SCMVP clusters:       ARI {cluster_scores['ari']:.3f}, NMI {cluster_scores['nmi']:.3f}")
+
+
+def _draw_umap(mdata, path: Path, colors: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # draw to a file, also without a display
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    sc.pp.neighbors(mdata, use_rep="X_scmvp", transformer="sklearn")
+    sc.tl.umap(mdata)
+    fig, axes = plt.subplots(1, len(colors), figsize=(6.5 * len(colors), 5), squeeze=False, layout="constrained")
+    for ax, color in zip(axes[0], colors, strict=True):
+        sc.pl.umap(mdata, color=color, ax=ax, show=False, legend_fontsize=7, title=color)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:

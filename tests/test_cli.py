@@ -41,12 +41,21 @@ def test_train_on_file_with_custom_modalities(tmp_path, capsys):
 def test_summary_and_saved_model(tmp_path, capsys):
     source, output, model_dir = tmp_path / "in.h5mu", tmp_path / "out.h5mu", tmp_path / "model"
     scmvp_scvi.data.synthetic_paired(n_cells=120, n_genes=30, n_peaks=60, n_cell_types=3).write(source)
-    main(["train", str(source), "--output", str(output), "--n-centroids", "3", "--save-model", str(model_dir), *QUICK])
+    figure = tmp_path / "figures" / "umap.png"
+    main(
+        [
+            "train", str(source), "--output", str(output), "--n-centroids", "3", "--save-model", str(model_dir),
+            "--label-key", "cell_type", "--umap", str(figure), *QUICK,
+        ]
+    )  # fmt: skip
     printed = capsys.readouterr().out
     assert "120 cells, 30 genes, 60 peaks" in printed
     assert "2 pretraining + 2 joint epochs" in printed
     assert "K = 3 mixture components" in printed
+    assert "recovery of 'cell_type' (3 groups)" in printed
+    assert figure.read_bytes()[:4] == b"\x89PNG"
     result = md.read_h5mu(output)
+    assert result.obsm["X_umap"].shape == (120, 2) and np.isfinite(result.obsm["X_umap"]).all()
     model = scmvp_scvi.SCMVP.load(str(model_dir), result)
     np.testing.assert_allclose(model.get_latent_representation(key_added=None), result.obsm["X_scmvp"], atol=1e-5)
     # the input file is untouched
@@ -63,6 +72,7 @@ def test_summary_and_saved_model(tmp_path, capsys):
         ("in.h5mu", "is the input file"),
         ("folder.h5mu", "is a folder"),
         ("plain.txt/result.h5mu", "is not a writable folder"),
+        ("result.h5mu --umap umap.jpeg", "should end in .png, .pdf or .svg"),
     ],
 )
 def test_bad_outputs_stop_before_reading(tmp_path, output, message):
@@ -70,8 +80,9 @@ def test_bad_outputs_stop_before_reading(tmp_path, output, message):
     source.write_text("never read")  # a bad output is reported before the input is read
     (tmp_path / "folder.h5mu").mkdir()
     (tmp_path / "plain.txt").write_text("")
+    output, *extra = output.split()
     with pytest.raises(SystemExit, match=message):
-        main(["train", str(source), "--output", str(tmp_path / output)])
+        main(["train", str(source), "--output", str(tmp_path / output), *extra])
     assert source.read_text() == "never read"
 
 
