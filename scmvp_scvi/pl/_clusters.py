@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ._figure import finish, panel_grid
+from ._figure import finish
 
 
 def cluster_probabilities(
@@ -54,14 +55,18 @@ def cluster_probabilities(
     probs = np.asarray(mdata.obsm[probs_key], dtype=float)
     table = mean_probabilities(probs, mdata.obs[groupby])
 
-    fig, (heat, hist) = panel_grid(2, 2, panel_size=(0.45 * table.shape[1] + 2.5, 0.3 * table.shape[0] + 2.0))
+    heat_width, height = 0.4 * table.shape[1] + 2.5, 0.3 * table.shape[0] + 1.5
+    fig, (heat, hist) = plt.subplots(
+        1, 2, figsize=(heat_width + 3.5, height), width_ratios=[heat_width, 3.5], layout="constrained"
+    )
     image = heat.imshow(table.to_numpy(), aspect="auto", cmap=cmap, vmin=0, vmax=1)
+    heat.grid(False)
     heat.set_xticks(range(table.shape[1]), table.columns)
     heat.set_yticks(range(table.shape[0]), table.index)
     heat.set_xlabel("SCMVP cluster")
     heat.set_ylabel(groupby)
     heat.set_title("mean cluster probability")
-    fig.colorbar(image, ax=heat, shrink=0.8)
+    fig.colorbar(image, ax=heat, shrink=0.8, label="probability")
     hist.hist(probs.max(axis=1), bins=np.linspace(0, 1, 21), color="0.4")
     hist.set_xlabel("highest cluster probability of a cell")
     hist.set_ylabel("cells")
