@@ -171,6 +171,7 @@ def run_method(method: str, args: argparse.Namespace) -> None:
     """Train one method, score it and write its JSON (and latent); runs in a process of its own."""
     import scvi
     import torch
+
     from scmvp_scvi.metrics import agreement, atac_imputation_scores, clustering_report, rna_imputation_scores
 
     scvi.settings.seed = args.seed
@@ -342,6 +343,7 @@ def main() -> None:
     import mudata as md
     import scvi
     import torch
+
     from scmvp_scvi import __version__
     from scmvp_scvi._model import default_epochs
 

@@ -26,8 +26,9 @@ DEFAULT_DATA = Path(os.environ.get("SCMVP_DATA_DIR", ROOT.parent / "shared" / "d
 
 
 def one_run(mdata: md.MuData, seed: int, lr: float, epochs: int) -> dict:
-    import scmvp_scvi
     import scvi
+
+    import scmvp_scvi
 
     scvi.settings.seed = seed
     mdata = mdata.copy()

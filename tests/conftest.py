@@ -1,6 +1,7 @@
 import pytest
-import scmvp_scvi
 import scvi
+
+import scmvp_scvi
 
 # small enough for seconds-long training on 2 CPU cores
 SMALL = {"n_cells": 300, "n_genes": 80, "n_peaks": 300, "n_cell_types": 3}

@@ -1,6 +1,7 @@
 import mudata as md
 import numpy as np
 import pytest
+
 import scmvp_scvi
 from scmvp_scvi._cli import main
 

@@ -3,10 +3,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.distributions import Normal
+
 from scmvp_scvi._components import GaussianMixturePrior, HiddenUnitSelfAttention, TwoChannelDecoder
 from scmvp_scvi._gmm_init import cluster_statistics
 from scmvp_scvi._likelihoods import log_likelihood, probability_nonzero
-from torch.distributions import Normal
 
 
 def _prior(k=4, d=3, seed=0):

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 from scipy import sparse
-from scmvp_scvi import metrics
 from sklearn.metrics import average_precision_score, roc_auc_score
+
+from scmvp_scvi import metrics
 
 
 def test_auroc_auprc_match_scikit_learn_with_ties_and_weights():

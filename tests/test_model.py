@@ -1,12 +1,13 @@
 import numpy as np
 import pandas as pd
 import pytest
-import scmvp_scvi
 import torch
 from scipy import sparse
+from sklearn.metrics import adjusted_rand_score
+
+import scmvp_scvi
 from scmvp_scvi import SCMVP
 from scmvp_scvi.metrics import kmeans_scores
-from sklearn.metrics import adjusted_rand_score
 
 FAST_TRAIN = {"accelerator": "cpu", "enable_progress_bar": False}
 

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-import scmvp_scvi
 import scvi
+
+import scmvp_scvi
 from scmvp_scvi import SCMVP
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import mudata as md
 import numpy as np
 import pytest
-import scmvp_scvi
 import scvi
+
+import scmvp_scvi
 from scmvp_scvi import SCMVP
 
 FROZEN = sorted((Path(__file__).parent / "data").glob("frozen_model_*"))

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from matplotlib.image import AxesImage
 from matplotlib.patches import Polygon, Rectangle
+
 from scmvp_scvi import pl
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from mudata import MuData
 from scipy import sparse
+
 from scmvp_scvi import pp
 
 

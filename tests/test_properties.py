@@ -8,6 +8,7 @@ from anndata import AnnData
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from scipy import sparse
+
 from scmvp_scvi import SCMVP
 
 CORRUPTIONS = (

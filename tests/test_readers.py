@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 from scipy import io, sparse
+
 from scmvp_scvi import data
 
 RNG = np.random.default_rng(0)

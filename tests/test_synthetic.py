@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from scipy import sparse
+
 from scmvp_scvi.data import synthetic_paired
 
 

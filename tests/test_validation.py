@@ -6,6 +6,7 @@ import mudata as md
 import numpy as np
 import pytest
 from scipy import sparse
+
 from scmvp_scvi import SCMVP
 
 

@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import scmvp_scvi
 import scvi
+
+import scmvp_scvi
 
 HERE = Path(__file__).resolve().parent
 
