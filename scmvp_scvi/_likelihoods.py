@@ -17,17 +17,32 @@ def _log_poisson(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     return x * torch.log(mu + _EPS) - mu - torch.lgamma(x + 1)
 
 
+def _where_nonzero(x: torch.Tensor, log_p_zero: torch.Tensor, log_p_nonzero, *params: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities that are ``log_p_zero`` where ``x == 0`` and ``log_p_nonzero(x, *params)`` elsewhere.
+
+    Peak (and many gene) matrices are more than 99% zeros, so the non-zero branch is evaluated on the non-zero
+    entries only instead of on the whole minibatch.
+    """
+    x, log_p_zero, *params = torch.broadcast_tensors(x, log_p_zero, *params)
+    index = torch.nonzero(x > 0, as_tuple=True)
+    return log_p_zero.index_put(index, log_p_nonzero(x[index], *(p[index] for p in params)))
+
+
 def _log_zero_inflated_poisson(x: torch.Tensor, mu: torch.Tensor, zi_logits: torch.Tensor) -> torch.Tensor:
-    # dropout probability is sigmoid(zi_logits); written with softplus for stability
-    log_zero = torch.logaddexp(-F.softplus(-zi_logits), -F.softplus(zi_logits) - mu)
-    log_nonzero = -F.softplus(zi_logits) + _log_poisson(x, mu)
-    return torch.where(x > 0, log_nonzero, log_zero)
+    # with dropout probability pi = sigmoid(zi_logits):
+    # log P(0) = log(pi + (1 - pi) exp(-mu)) = softplus(-(mu + zi_logits)) - softplus(-zi_logits)
+    # log P(x > 0) = log(1 - pi) + log Poisson(x; mu) = -softplus(zi_logits) + log Poisson(x; mu)
+    log_zero = F.softplus(-(mu + zi_logits)) - F.softplus(-zi_logits)
+    return _where_nonzero(x, log_zero, lambda x, mu, zi: _log_poisson(x, mu) - F.softplus(zi), mu, zi_logits)
+
+
+def _log_sparse_poisson(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    return _where_nonzero(x, -mu, _log_poisson, mu)
 
 
 def _log_bernoulli_cloglog(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     # P(open) = 1 - exp(-mu): the probability that a Poisson(mu) count is non-zero
-    log_open = torch.log(-torch.expm1(-mu.clamp_min(_EPS)))
-    return torch.where(x > 0, log_open, -mu)
+    return _where_nonzero(x, -mu, lambda _, mu: torch.log(-torch.expm1(-mu.clamp_min(_EPS))), mu)
 
 
 def log_likelihood(
@@ -57,7 +72,7 @@ def log_likelihood(
     elif likelihood == "zinb":
         log_p = ZeroInflatedNegativeBinomial(mu=mu, theta=theta, zi_logits=zi_logits, validate_args=False).log_prob(x)
     elif likelihood == "poisson":
-        log_p = _log_poisson(x, mu)
+        log_p = _log_sparse_poisson(x, mu)
     elif likelihood == "zip":
         log_p = _log_zero_inflated_poisson(x, mu, zi_logits)
     elif likelihood == "bernoulli":

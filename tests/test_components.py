@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import Normal
 
 from scmvp_scvi._components import GaussianMixturePrior, HiddenUnitSelfAttention, TwoChannelDecoder
@@ -130,6 +131,34 @@ def test_count_likelihoods_are_normalised(likelihood):
     # probability of a non-zero count agrees with 1 - P(0)
     p_nonzero = probability_nonzero(likelihood, mu, theta, zi)
     assert torch.allclose(p_nonzero[0], 1 - log_p[0].exp(), atol=1e-5)
+
+
+@pytest.mark.parametrize("likelihood", ["poisson", "zip", "bernoulli"])
+def test_sparse_evaluation_matches_dense_formula(likelihood):
+    """Likelihoods that evaluate their non-zero branch on the non-zeros only equal the dense textbook formula,
+    in value and gradient, also when x is mostly zeros or has no zero at all."""
+    generator = torch.Generator().manual_seed(0)
+    for density in (0.01, 0.3, 1.0):
+        counts = torch.poisson(torch.full((40, 50), 2.0), generator=generator)
+        x = counts * (torch.rand(40, 50, generator=generator) < density)
+        mu = (torch.rand(40, 50, generator=generator) * 5 + 1e-3).requires_grad_()
+        zi = (torch.randn(40, 50, generator=generator) * 2).requires_grad_()
+        poisson = torch.distributions.Poisson(mu).log_prob(x)
+        if likelihood == "poisson":
+            expected = poisson
+        elif likelihood == "zip":
+            log_pi, log_not_pi = -F.softplus(-zi), -F.softplus(zi)
+            expected = torch.where(x > 0, log_not_pi + poisson, torch.logaddexp(log_pi, log_not_pi - mu))
+        else:
+            expected = torch.where(x > 0, torch.log1p(-torch.exp(-mu)), -mu)
+        observed = log_likelihood(likelihood, x, mu, zi_logits=zi)
+        assert torch.allclose(observed, expected.sum(-1), rtol=1e-5, atol=1e-4)
+        weights = torch.randn(40, generator=generator)
+        grads = torch.autograd.grad((observed * weights).sum(), (mu, zi), allow_unused=True)
+        expected_grads = torch.autograd.grad((expected.sum(-1) * weights).sum(), (mu, zi), allow_unused=True)
+        for grad, expected_grad in zip(grads, expected_grads, strict=True):
+            if expected_grad is not None:
+                assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-5)
 
 
 def test_bernoulli_cloglog_likelihood():
