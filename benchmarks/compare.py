@@ -32,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("SCMVP_DATA_DIR", ROOT.parent / "shared" / "data")) / "snare_cortex.h5mu"
 METHODS = ("scmvp", "multivi", "pca_lsi", "mean")
+EMBEDDING_METHODS = ("scmvp", "multivi", "pca_lsi")
 TITLES = {
     "scmvp": "SCMVP",
     "multivi": "MULTIVI",
@@ -207,7 +208,12 @@ def umap_figure(args: argparse.Namespace, labels: np.ndarray, methods: list[str]
     import scanpy as sc
     from anndata import AnnData
 
-    methods = [m for m in methods if (args.results / f"{args.name}_{m}_latent.npz").exists()]
+    methods = [m for m in methods if m in EMBEDDING_METHODS]
+    missing = [m for m in methods if not (args.results / f"{args.name}_{m}_latent.npz").exists()]
+    if missing:
+        # latents are not versioned: after a fresh clone, re-running one method must not drop the others' panels
+        print(f"Keeping {path}: no saved latent of {missing} in {args.results}; run them again to redraw it.")
+        return
     fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 5), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
         adata = AnnData(np.load(args.results / f"{args.name}_{method}_latent.npz")["latent"])
