@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
@@ -17,7 +19,12 @@ def _log_poisson(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     return x * torch.log(mu + _EPS) - mu - torch.lgamma(x + 1)
 
 
-def _where_nonzero(x: torch.Tensor, log_p_zero: torch.Tensor, log_p_nonzero, *params: torch.Tensor) -> torch.Tensor:
+def _where_nonzero(
+    x: torch.Tensor,
+    log_p_zero: torch.Tensor,
+    log_p_nonzero: Callable[..., torch.Tensor],
+    *params: torch.Tensor,
+) -> torch.Tensor:
     """Log-probabilities that are ``log_p_zero`` where ``x == 0`` and ``log_p_nonzero(x, *params)`` elsewhere.
 
     Peak (and many gene) matrices are more than 99% zeros, so the non-zero branch is evaluated on the non-zero
