@@ -24,7 +24,8 @@ extensions = [
 ]
 # .rst first: autosummary writes rst
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "tutorials/*_model", "tutorials/*.h5mu"]
+# ablation_table.md is written by benchmarks/ablation.py and included by ablation.md
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "tutorials/*_model", "tutorials/*.h5mu", "ablation_table.md"]
 templates_path = ["_templates"]
 
 # the notebooks are committed with their outputs and executed by the test workflow, not by the docs build

@@ -27,12 +27,17 @@ def kmeans_labels(latent: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndar
 
 
 def cluster_statistics(
-    latent: np.ndarray, labels: np.ndarray, prior_count: float = 1.0
+    latent: np.ndarray,
+    labels: np.ndarray,
+    prior_count: float = 1.0,
+    posterior_variances: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Means, variances and weights of each cluster, for the mixture prior.
 
     Variances are shrunk towards the overall variance with ``prior_count`` pseudo-cells, so singleton and tiny
-    clusters get a finite, positive variance instead of zero.
+    clusters get a finite, positive variance instead of zero. With ``posterior_variances`` (the posterior
+    variance of each cell, same shape as ``latent``), each component also takes its cells' mean posterior
+    variance: it then matches the mixture of their posteriors, not only the spread of their means.
 
     Returns
     -------
@@ -49,7 +54,10 @@ def cluster_statistics(
         mean = members.mean(0)
         scatter = ((members - mean) ** 2).sum(0)
         means.append(mean)
-        variances.append((scatter + prior_count * overall_var) / (len(members) + prior_count))
+        variance = (scatter + prior_count * overall_var) / (len(members) + prior_count)
+        if posterior_variances is not None:
+            variance = variance + posterior_variances[labels == cluster].mean(0)
+        variances.append(variance)
         counts.append(len(members))
     counts = np.asarray(counts, dtype=np.float64)
     return np.stack(means), np.stack(variances), counts / counts.sum()

@@ -23,10 +23,13 @@ from scvi.model.base._save_load import _load_saved_files
 
 from ._gmm_init import cluster_statistics, kmeans_labels, leiden_labels
 from ._module import SCMVPModule
+from ._training_plan import SCMVPTrainingPlan
 from ._validation import check_alignment, check_counts, check_obs_keys, check_saved_features, resolve_modalities
 
 logger = logging.getLogger(__name__)
 
+# how the initial mixture components get their variances
+GMM_VARIANCES = ("posterior", "means")
 # inference output holding the posterior of each latent
 POSTERIORS = {"joint": "qz", "rna": "qz_rna", "atac": "qz_atac"}
 
@@ -74,8 +77,15 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         ``"zip"`` (default), ``"poisson"``, ``"nb"`` or ``"bernoulli"`` (models peaks as open/closed).
     encode_covariates
         Also give batch and categorical covariates to the encoders (they always enter the decoder).
-    rna_weight, atac_weight, cluster_weight, joint_kl_weight, cycle_kl_weight
-        Loss weights; the defaults (3.0, 0.1, 0.5, 0.1, 0.1) are those of the original scMVP.
+    rna_weight, atac_weight
+        Weights of the RNA and ATAC reconstruction terms; the defaults (3.0, 0.1) are those of the original scMVP.
+        (1.0, 1.0) gives the evidence lower bound, in which the ATAC encoder learns far more (see the ablation
+        page for what that changes).
+    cluster_weight, joint_kl_weight, cycle_kl_weight
+        Weights of the cluster terms and of the joint and cycle KL terms (0.5, 0.1, 0.1, as in the original).
+    encoder_input
+        What the encoders see: ``"counts"`` (default, as in the original code: ``log1p`` of the raw counts) or
+        ``"normalized"`` (log counts per 10,000 for RNA and log TF-IDF for ATAC, as the scMVP paper describes).
     **module_kwargs
         Further arguments of :class:`~scmvp_scvi.SCMVPModule`.
 
@@ -89,6 +99,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
     """
 
     _module_cls = SCMVPModule
+    _training_plan_cls = SCMVPTrainingPlan
 
     def __init__(
         self,
@@ -106,6 +117,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         cluster_weight: float = 0.5,
         joint_kl_weight: float = 0.1,
         cycle_kl_weight: float = 0.1,
+        encoder_input: str = "counts",
         **module_kwargs,
     ):
         super().__init__(mdata)
@@ -142,10 +154,23 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             cluster_weight=cluster_weight,
             joint_kl_weight=joint_kl_weight,
             cycle_kl_weight=cycle_kl_weight,
+            encoder_input=encoder_input,
+            atac_idf=self._atac_idf() if encoder_input == "normalized" else None,
             **module_kwargs,
         )
         self._update_summary()
         self.init_params_ = self._get_init_params(locals())
+
+    def _atac_idf(self) -> torch.Tensor:
+        """Inverse document frequency of each peak over the registered cells, ``n / (1 + cells open)``."""
+        matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.ATAC_X_KEY)
+        n_cells, n_peaks = matrix.shape
+        if sparse.issparse(matrix):
+            matrix = sparse.csr_matrix(matrix)
+            n_open = np.bincount(matrix.indices[matrix.data > 0], minlength=n_peaks)
+        else:
+            n_open = (np.asarray(matrix) > 0).sum(0)
+        return torch.as_tensor(n_cells / (1.0 + n_open), dtype=torch.float32)
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -226,7 +251,9 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         weight_decay: float = 1e-6,
         eps: float = 0.01,
         n_epochs_kl_warmup: int | None = None,
+        n_epochs_cluster_warmup: int | None = None,
         leiden_resolution: float = 1.0,
+        gmm_variance: str = "means",
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         train_size: float | None = None,
@@ -246,7 +273,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
            and the mixture prior takes each cluster's mean, variance and fraction.
         3. **Joint training** (``max_epochs``): the full objective with the mixture prior, the cluster-gated
            decoder and the cycle-consistency head; the KL terms are warmed up linearly over
-           ``n_epochs_kl_warmup`` epochs.
+           ``n_epochs_kl_warmup`` epochs and the cluster terms over ``n_epochs_cluster_warmup`` epochs.
 
         Calling ``train`` again continues joint training.
 
@@ -261,10 +288,17 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         batch_size
             Minibatch size.
         n_epochs_kl_warmup
-            KL warm-up of joint training; default half of ``max_epochs``. Pretraining always warms up over
-            its whole length.
+            KL warm-up of joint training; default half of ``max_epochs``, as in the original. 0 keeps the KL at
+            the full weight it reached in pretraining. Pretraining always warms up over its whole length.
+        n_epochs_cluster_warmup
+            Warm-up of the cluster terms in joint training; default 0 (full weight at once, as in the original).
         leiden_resolution
             Resolution of the Leiden clustering that sets ``K`` when ``n_centroids`` is ``None``.
+        gmm_variance
+            Variances of the initial mixture components: ``"means"`` (default, the original) uses the spread of
+            each cluster's posterior means; ``"posterior"`` matches each component to its cells' posteriors
+            (spread of their means plus their mean posterior variance), so that the prior KL does not jump at
+            the switch.
         accelerator, devices
             Lightning device settings (``"cpu"``, ``"gpu"``, ``"auto"``...).
         train_size, validation_size, shuffle_set_split
@@ -296,25 +330,29 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             **trainer_kwargs,
         }
 
-        def plan(warmup: int | None) -> dict:
+        def plan(kl_warmup: int | None, cluster_warmup: int | None = None) -> dict:
             return {
                 "lr": lr,
                 "weight_decay": weight_decay,
                 "eps": eps,
-                "n_epochs_kl_warmup": warmup,
+                "n_epochs_kl_warmup": kl_warmup,
+                "n_epochs_cluster_warmup": cluster_warmup,
                 **(plan_kwargs or {}),
             }
 
+        if gmm_variance not in GMM_VARIANCES:
+            raise ValueError(f"gmm_variance must be one of {GMM_VARIANCES}, got {gmm_variance!r}.")
         if not bool(self.module.gmm_initialized):
             if pretrain_epochs > 0:
                 logger.info("Pretraining for %d epochs.", pretrain_epochs)
                 self._train_phase(
                     "pretraining", max_epochs=pretrain_epochs, plan_kwargs=plan(pretrain_epochs), **common
                 )
-            self.initialize_gmm(resolution=leiden_resolution, batch_size=max(batch_size, 256))
+            self.initialize_gmm(resolution=leiden_resolution, batch_size=max(batch_size, 256), variance=gmm_variance)
         if max_epochs > 0:
-            warmup = max(1, max_epochs // 2) if n_epochs_kl_warmup is None else n_epochs_kl_warmup
-            self._train_phase("joint", max_epochs=max_epochs, plan_kwargs=plan(warmup), **common)
+            kl_warmup = max(1, max_epochs // 2) if n_epochs_kl_warmup is None else n_epochs_kl_warmup
+            cluster_warmup = n_epochs_cluster_warmup
+            self._train_phase("joint", max_epochs=max_epochs, plan_kwargs=plan(kl_warmup, cluster_warmup), **common)
 
     def _train_phase(self, phase: str, **kwargs) -> None:
         """Run one training phase and append its metrics (including new ones) to ``model.history``."""
@@ -330,7 +368,9 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             self.history_ = _merge_history(previous, self.history_, phase)
 
     @torch.no_grad()  # not inference_mode: new parameters created here must be trainable
-    def initialize_gmm(self, resolution: float = 1.0, batch_size: int | None = None) -> np.ndarray:
+    def initialize_gmm(
+        self, resolution: float = 1.0, batch_size: int | None = None, variance: str = "means"
+    ) -> np.ndarray:
         """Initialise the mixture prior from clusters of the current joint latent of all cells.
 
         Called by :meth:`train` after pretraining. ``K`` is the number of Leiden clusters when ``n_centroids``
@@ -342,19 +382,30 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             Leiden resolution.
         batch_size
             Minibatch size for encoding the cells.
+        variance
+            ``"means"``: component variances are the spread of the posterior means (the original scMVP);
+            ``"posterior"``: they match the cells' posteriors (spread of the means plus mean posterior variance).
 
         Returns
         -------
         The cluster label of each cell used for the initialisation.
         """
-        latent = self._latent(self.adata, None, batch_size, "joint")
+        if variance not in GMM_VARIANCES:
+            raise ValueError(f"variance must be one of {GMM_VARIANCES}, got {variance!r}.")
+        outputs = {
+            "mean": (self.module.n_latent, lambda inf, gen: inf["qz"].loc),
+            "var": (self.module.n_latent, lambda inf, gen: inf["qz"].variance),
+        }
+        posterior = self._fill(self.adata, None, batch_size, outputs, decode=False)
+        latent = posterior["mean"]
         # the user's n_centroids until the first initialisation, the resolved K afterwards
         n_centroids = self.init_params_["non_kwargs"]["n_centroids"]
         if n_centroids is None:
             labels = leiden_labels(latent, resolution=resolution, seed=settings.seed)
         else:
             labels = kmeans_labels(latent, n_centroids, seed=settings.seed)
-        means, variances, weights = cluster_statistics(latent, labels)
+        posterior_var = posterior["var"] if variance == "posterior" else None
+        means, variances, weights = cluster_statistics(latent, labels, posterior_variances=posterior_var)
         self.module.initialize_gmm(
             torch.as_tensor(means, dtype=torch.float32),
             torch.as_tensor(variances, dtype=torch.float32),

@@ -27,6 +27,9 @@ from ._likelihoods import (
     probability_nonzero,
 )
 
+# what the encoders see: log1p of the counts (reference) or of depth-normalised RNA and TF-IDF ATAC
+ENCODER_INPUTS = ("counts", "normalized")
+
 
 def _kl_standard_normal(q: Normal) -> torch.Tensor:
     return kl_divergence(q, Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))).sum(-1)
@@ -84,7 +87,16 @@ class SCMVPModule(BaseModuleClass):
         entropy of the minibatch cluster marginal (minimising it spreads cells over clusters).
     normalize_encoder_input
         Scale each cell to 10,000 counts before the ``log1p`` that feeds the encoders (also for the
-        re-encoded means of the cycle head), so that sequencing depth does not enter the latent.
+        re-encoded means of the cycle head), so that sequencing depth does not enter the latent. Ignored when
+        ``encoder_input="normalized"``, which normalises anyway.
+    encoder_input
+        What the encoders see (also for the re-encoded means of the cycle head). ``"counts"`` (the reference):
+        ``log1p`` of the counts. ``"normalized"``: RNA as ``log1p`` of counts per 10,000, ATAC as
+        ``log1p(TF-IDF * 10,000)`` with term frequencies ``counts / cell total`` and ``atac_idf`` as the inverse
+        document frequencies, so that neither depth nor a few very common features dominate the input.
+    atac_idf
+        Inverse document frequency of each peak (``n_cells / (1 + cells with the peak open)``), needed by
+        ``encoder_input="normalized"``; kept as a buffer, so it is saved with the module. ``None``: all ones.
     """
 
     def __init__(
@@ -109,6 +121,8 @@ class SCMVPModule(BaseModuleClass):
         sharpness_weight: float = 50.0,
         balance_weight: float = 50.0,
         normalize_encoder_input: bool = False,
+        encoder_input: str = "counts",
+        atac_idf: torch.Tensor | None = None,
     ):
         super().__init__()
         if rna_likelihood not in RNA_LIKELIHOODS:
@@ -122,9 +136,18 @@ class SCMVPModule(BaseModuleClass):
         self.n_input_rna, self.n_input_atac = n_input_rna, n_input_atac
         self.n_batch, self.n_latent, self.n_hidden = n_batch, n_latent, n_hidden
         self.n_centroids = n_centroids
+        if encoder_input not in ENCODER_INPUTS:
+            raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {encoder_input!r}.")
         self.rna_likelihood, self.atac_likelihood = rna_likelihood, atac_likelihood
         self.latent_distribution = "normal"
         self.normalize_encoder_input = normalize_encoder_input
+        self.encoder_input = encoder_input
+        if encoder_input == "normalized":
+            # only then, so that modules saved before this option existed load their state unchanged
+            idf = torch.ones(n_input_atac) if atac_idf is None else torch.as_tensor(atac_idf, dtype=torch.float32)
+            if idf.shape != (n_input_atac,):
+                raise ValueError(f"atac_idf must have one value per peak ({n_input_atac}), got {tuple(idf.shape)}.")
+            self.register_buffer("atac_idf", idf)
         self.weights = {
             "rna": rna_weight,
             "atac": atac_weight,
@@ -202,8 +225,11 @@ class SCMVPModule(BaseModuleClass):
             "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
         }
 
-    def _encoder_input(self, counts: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
-        """``log1p`` of the counts, optionally after scaling each cell to 10,000 counts."""
+    def _encoder_input(self, counts: torch.Tensor, library: torch.Tensor, modality: str) -> torch.Tensor:
+        """Transform the counts (or decoded means) of one modality into what its encoders see."""
+        if self.encoder_input == "normalized":
+            scaled = counts / torch.exp(library) * 1e4
+            return torch.log1p(scaled * self.atac_idf if modality == "atac" else scaled)
         if self.normalize_encoder_input:
             counts = counts / torch.exp(library) * 1e4
         return torch.log1p(counts)
@@ -235,7 +261,8 @@ class SCMVPModule(BaseModuleClass):
         # observed library sizes; a cell with no counts gets library 1 instead of log(0)
         library_rna = torch.log(x_rna.sum(-1, keepdim=True).clamp_min(1.0))
         library_atac = torch.log(x_atac.sum(-1, keepdim=True).clamp_min(1.0))
-        x_log, y_log = self._encoder_input(x_rna, library_rna), self._encoder_input(x_atac, library_atac)
+        x_log = self._encoder_input(x_rna, library_rna, "rna")
+        y_log = self._encoder_input(x_atac, library_atac, "atac")
 
         qz = self.joint_encoder(x_log, y_log, *covariates)
         z = qz.loc if use_mean else qz.rsample()
@@ -297,12 +324,14 @@ class SCMVPModule(BaseModuleClass):
         inference_outputs: dict,
         generative_outputs: dict,
         kl_weight: float = 1.0,
+        cluster_warmup: float = 1.0,
     ) -> LossOutput:
         """Weighted scMVP objective.
 
         ``reconstruction_loss`` holds the unweighted negative log-likelihoods and ``kl_local`` the prior KL, so
         that scvi-tools' ELBO is a true ELBO; the optimised ``loss`` applies the scMVP weights and adds the
-        auxiliary terms, which are reported in ``extra_metrics``.
+        auxiliary terms, which are reported in ``extra_metrics``. ``kl_weight`` scales the KL terms and
+        ``cluster_warmup`` the cluster terms (both ramped up by the training plan).
         """
         x_rna, x_atac = tensors[REGISTRY_KEYS.X_KEY], tensors[REGISTRY_KEYS.ATAC_X_KEY]
         w = self.weights
@@ -313,6 +342,7 @@ class SCMVPModule(BaseModuleClass):
         kl_joint = kl_divergence(qz, q_fused).sum(-1)
         if bool(self.gmm_initialized):
             total, kl_prior, extra = self._joint_terms(tensors, inference_outputs, generative_outputs, q_fused)
+            total = cluster_warmup * total
         else:
             total, kl_prior, extra = self._pretraining_terms(tensors, inference_outputs)
         kl_total = kl_prior + extra.pop("_kl_aux") + w["joint_kl"] * kl_joint
@@ -376,8 +406,8 @@ class SCMVPModule(BaseModuleClass):
         mu_rna = generative_outputs["px_rna"]["mu"]
         mu_atac = generative_outputs["px_atac"]["mu"]
         q_cycle = self.fusion(
-            self.rna_encoder(self._encoder_input(mu_rna, inference_outputs["library_rna"]), *covariates),
-            self.atac_encoder(self._encoder_input(mu_atac, inference_outputs["library_atac"]), *covariates),
+            self.rna_encoder(self._encoder_input(mu_rna, inference_outputs["library_rna"], "rna"), *covariates),
+            self.atac_encoder(self._encoder_input(mu_atac, inference_outputs["library_atac"], "atac"), *covariates),
         )
         log_gamma_cycle = self.prior.log_responsibilities(q_cycle.rsample())
         kl_cycle = kl_divergence(q_fused, q_cycle).sum(-1)

@@ -207,3 +207,39 @@ def test_normalized_encoder_input_ignores_sequencing_depth():
         shallow = module.inference(x, y, batch, use_mean=True)["z"]
         deep = module.inference(3 * x, 3 * y, batch, use_mean=True)["z"]
         assert torch.allclose(shallow, deep, atol=1e-5) == normalize
+
+
+def test_normalized_encoder_input_is_depth_free_and_tfidf_weighted():
+    from scmvp_scvi._module import SCMVPModule
+
+    torch.manual_seed(0)
+    x = torch.poisson(torch.full((8, 30), 2.0))
+    y = torch.poisson(torch.full((8, 40), 0.5))
+    idf = torch.linspace(1.0, 20.0, 40)
+    module = SCMVPModule(30, 40, n_hidden=16, n_latent=4, encoder_input="normalized", atac_idf=idf).eval()
+    batch = torch.zeros(8, 1, dtype=torch.long)
+    shallow = module.inference(x, y, batch, use_mean=True)
+    deep = module.inference(3 * x, 3 * y, batch, use_mean=True)
+    for key in ("qz", "qz_rna", "qz_atac"):
+        torch.testing.assert_close(shallow[key].loc, deep[key].loc, atol=1e-5, rtol=1e-5)
+    # ATAC input is log1p(TF * IDF * 1e4)
+    library = torch.log(y.sum(-1, keepdim=True))
+    expected = torch.log1p(y / y.sum(-1, keepdim=True) * idf * 1e4)
+    torch.testing.assert_close(module._encoder_input(y, library, "atac"), expected)
+    assert torch.equal(module.state_dict()["atac_idf"], idf)
+    with pytest.raises(ValueError, match="encoder_input must be one of"):
+        SCMVPModule(30, 40, encoder_input="tfidf")
+    with pytest.raises(ValueError, match="one value per peak"):
+        SCMVPModule(30, 40, encoder_input="normalized", atac_idf=torch.ones(39))
+
+
+def test_cluster_statistics_match_the_posteriors():
+    from scmvp_scvi._gmm_init import cluster_statistics
+
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(200, 3))
+    labels = np.repeat([0, 1], 100)
+    posterior_var = np.full((200, 3), 0.5)
+    _, spread, _ = cluster_statistics(latent, labels)
+    _, matched, _ = cluster_statistics(latent, labels, posterior_variances=posterior_var)
+    np.testing.assert_allclose(matched, spread + 0.5)

@@ -240,6 +240,13 @@ def test_setup_rejects_misaligned_cells(small_mdata):
         SCMVP.setup_mudata(unpaired)
 
 
+def test_train_rejects_unknown_mixture_variance(small_mdata):
+    SCMVP.setup_mudata(small_mdata)
+    model = SCMVP(small_mdata)
+    with pytest.raises(ValueError, match="gmm_variance must be one of"):
+        model.train(max_epochs=1, pretrain_epochs=1, gmm_variance="spread", **FAST_TRAIN)
+
+
 def test_model_rejects_bad_arguments(small_mdata):
     SCMVP.setup_mudata(small_mdata)
     with pytest.raises(ValueError, match="divisible"):
@@ -254,40 +261,101 @@ def test_model_rejects_bad_arguments(small_mdata):
         SCMVP.setup_anndata(small_mdata["rna"])
 
 
-def test_kl_warmup_rises_linearly_in_each_phase(small_mdata):
-    from lightning.pytorch.callbacks import Callback
+class _RecordWarmups:
+    """Callback factory recording the KL and cluster factors at the start of each epoch."""
 
-    class RecordKLWeight(Callback):
-        def __init__(self):
-            self.weights = []
+    @staticmethod
+    def make():
+        from lightning.pytorch.callbacks import Callback
 
-        def on_train_epoch_start(self, trainer, pl_module):
-            self.weights.append(float(pl_module.kl_weight))
+        class Record(Callback):
+            def __init__(self):
+                self.kl, self.cluster = [], []
 
+            def on_train_epoch_start(self, trainer, pl_module):
+                self.kl.append(float(pl_module.kl_weight))
+                self.cluster.append(float(pl_module.cluster_warmup))
+
+        return Record()
+
+
+def test_warmups_of_each_phase(small_mdata):
     SCMVP.setup_mudata(small_mdata)
     model = SCMVP(small_mdata)
-    recorder = RecordKLWeight()
-    model.train(max_epochs=4, pretrain_epochs=2, n_epochs_kl_warmup=2, callbacks=[recorder], **FAST_TRAIN)
-    # pretraining warms up over its 2 epochs; joint training restarts from 0 and reaches 1 after 2 epochs
-    np.testing.assert_allclose(recorder.weights, [0.0, 0.5, 0.0, 0.5, 1.0, 1.0])
+    recorder = _RecordWarmups.make()
+    model.train(max_epochs=4, pretrain_epochs=2, callbacks=[recorder], **FAST_TRAIN)
+    # the original recipe: pretraining warms the KL up over its 2 epochs, joint training restarts it over half of
+    # its 4 epochs and applies the cluster terms at full weight at once
+    np.testing.assert_allclose(recorder.kl, [0.0, 0.5, 0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(recorder.cluster[2:], [1.0] * 4)
 
 
-def test_gmm_initialised_in_the_joint_latent(small_mdata):
+def test_gentle_switch_warmups(small_mdata):
+    SCMVP.setup_mudata(small_mdata)
+    model = SCMVP(small_mdata)
+    recorder = _RecordWarmups.make()
+    model.train(
+        max_epochs=4,
+        pretrain_epochs=2,
+        n_epochs_kl_warmup=0,
+        n_epochs_cluster_warmup=2,
+        callbacks=[recorder],
+        **FAST_TRAIN,
+    )
+    # the KL stays at the weight pretraining reached; the cluster terms rise over 2 epochs
+    np.testing.assert_allclose(recorder.kl, [0.0, 0.5, 1.0, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(recorder.cluster[2:], [0.0, 0.5, 1.0, 1.0])
+
+
+def test_kl_warmup_without_pretraining(small_mdata):
+    SCMVP.setup_mudata(small_mdata)
+    model = SCMVP(small_mdata, n_centroids=3)
+    recorder = _RecordWarmups.make()
+    model.train(max_epochs=4, pretrain_epochs=0, callbacks=[recorder], **FAST_TRAIN)
+    np.testing.assert_allclose(recorder.kl, [0.0, 0.5, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("variance", ["posterior", "means"])
+def test_gmm_initialised_in_the_joint_latent(small_mdata, variance):
     from scmvp_scvi._gmm_init import cluster_statistics
 
     SCMVP.setup_mudata(small_mdata)
     model = SCMVP(small_mdata, n_centroids=3)
-    model.train(max_epochs=0, pretrain_epochs=3, **FAST_TRAIN)
+    model.train(max_epochs=0, pretrain_epochs=3, gmm_variance=variance, **FAST_TRAIN)
     assert bool(model.module.gmm_initialized)
     latent = model.get_latent_representation(key_added=None)
-    labels = model.initialize_gmm()
-    means, variances, weights = cluster_statistics(latent, labels)
+    labels = model.initialize_gmm(variance=variance)
+    with torch.no_grad():
+        posterior_var = np.concatenate(
+            [inf["qz"].variance.numpy() for inf, _ in model._batches(None, None, None, decode=False)]
+        )
+    means, variances, weights = cluster_statistics(
+        latent, labels, posterior_variances=posterior_var if variance == "posterior" else None
+    )
     prior = model.module.prior
     np.testing.assert_allclose(prior.means.detach().numpy(), means, atol=1e-5)
     np.testing.assert_allclose(prior.variances.detach().numpy(), variances, rtol=1e-4)
     np.testing.assert_allclose(prior.weights.detach().numpy(), weights, atol=1e-6)
     # the three synthetic cell types are the three clusters
     assert adjusted_rand_score(small_mdata.obs["cell_type"], labels) > 0.9
+
+
+def test_posterior_matched_mixture_softens_the_switch(small_mdata):
+    """Components matched to the posteriors give a much smaller prior KL at the switch than spread-only ones."""
+    SCMVP.setup_mudata(small_mdata)
+    model = SCMVP(small_mdata, n_centroids=3)
+    model.train(max_epochs=0, pretrain_epochs=3, **FAST_TRAIN)
+    kl = {}
+    for variance in ("means", "posterior"):
+        model.initialize_gmm(variance=variance)
+        with torch.no_grad():
+            kl[variance] = np.mean(
+                [
+                    model.module.prior.kl_divergence(inf["qz"], inf["log_gamma"]).mean().item()
+                    for inf, _ in model._batches(None, None, None, decode=False)
+                ]
+            )
+    assert kl["posterior"] < 0.5 * kl["means"]
 
 
 def test_early_stopping_and_validation_history(small_mdata):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scanpy as sc
 from anndata import AnnData
+from scipy import sparse
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
@@ -37,10 +38,24 @@ def leiden_scores(
     seed: int = 0,
 ) -> dict[str, float]:
     """ARI and NMI of the Leiden clustering (over ``resolutions``, default 0.1..2.0) with the best NMI."""
-    truth = _codes(labels)
-    resolutions = np.round(np.arange(0.1, 2.01, 0.1), 2) if resolutions is None else resolutions
     adata = AnnData(np.asarray(latent, dtype=np.float32))
     sc.pp.neighbors(adata, use_rep="X", n_neighbors=n_neighbors, transformer="sklearn")
+    return _best_leiden(adata, labels, resolutions, seed)
+
+
+def graph_leiden_scores(
+    connectivities: sparse.spmatrix, labels, resolutions: np.ndarray | None = None, seed: int = 0
+) -> dict[str, float]:
+    """:func:`leiden_scores` on a given cell-cell graph, e.g. muon's weighted nearest neighbours (WNN)."""
+    adata = AnnData(np.zeros((connectivities.shape[0], 0), dtype=np.float32))
+    adata.obsp["connectivities"] = sparse.csr_matrix(connectivities)
+    adata.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {}}
+    return _best_leiden(adata, labels, resolutions, seed)
+
+
+def _best_leiden(adata: AnnData, labels, resolutions: np.ndarray | None, seed: int) -> dict[str, float]:
+    truth = _codes(labels)
+    resolutions = np.round(np.arange(0.1, 2.01, 0.1), 2) if resolutions is None else resolutions
     best = {"leiden_nmi": -1.0}
     for resolution in resolutions:
         sc.tl.leiden(

@@ -1,0 +1,396 @@
+"""Ablation harness: what each part of SCMVP and each default buys, over several seeds, with peers beside it.
+
+Every variant trains on the same data as ``compare.py`` (a random 10% of the RNA and ATAC entries hidden, per
+seed) and is scored twice: after pretraining (when the mixture prior is initialised) and after joint training.
+Each time the joint, RNA-only and ATAC-only latents are clustered (KMeans with k = number of cell types, and the
+best-NMI Leiden over resolutions 0.1-2.0) and their active dimensions counted (posterior-mean variance across
+cells above 0.01); after joint training the mixture clusters are scored and the held-out entries imputed. The
+baselines (PCA of RNA, LSI of ATAC, PCA + LSI and muon's weighted nearest neighbours) are scored on the same data
+per seed. Each (variant, seed) runs in a process of its own.
+
+Usage::
+
+    python benchmarks/ablation.py                      # reference and balanced recipes, baselines; seeds 0-2
+    python benchmarks/ablation.py --variants balanced_no_cycle balanced_counts_input   # single-part ablations
+    python benchmarks/ablation.py --n-cells 1500 --epochs 3 --name smoke --seeds 0 --variants balanced
+    python benchmarks/ablation.py --table-only                      # rebuild the table from the JSON files
+
+``--jobs 2`` runs two trainings at once with one thread each (scores only: the times are then not comparable
+with a one-job run). Writes ``benchmarks/results/ablation/<name>_<variant>_seed<k>.json`` and the tables
+``docs/ablation_table.md`` (included by ``docs/ablation.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from compare import DEFAULT_DATA, hide_entries, pca_lsi, read_data, wnn_graph  # noqa: E402
+
+ROOT = HERE.parent
+HALF = "half of the joint epochs"
+
+# name -> (what it changes, SCMVP(...) arguments, SCMVP.train(...) arguments); HALF is resolved per run
+BALANCED_MODEL = {"encoder_input": "normalized", "rna_weight": 1.0, "atac_weight": 1.0}
+BALANCED_TRAIN = {"n_epochs_kl_warmup": 0, "n_epochs_cluster_warmup": HALF, "gmm_variance": "posterior"}
+ORIGINAL_SWITCH = {"n_epochs_kl_warmup": HALF, "n_epochs_cluster_warmup": 0, "gmm_variance": "means"}
+VARIANTS: dict[str, tuple[str, dict, dict]] = {
+    "reference": (
+        "the package defaults, which are the original scMVP recipe: log1p-count inputs, weights RNA 3.0 / ATAC "
+        "0.1, mixture variances from the spread of the posterior means, KL warm-up restarted and cluster terms at "
+        "full weight at the switch",
+        {"encoder_input": "counts", "rna_weight": 3.0, "atac_weight": 0.1},
+        ORIGINAL_SWITCH,
+    ),
+    "balanced": (
+        "normalised encoder inputs (log CP10k RNA, log TF-IDF ATAC), weights RNA 1.0 / ATAC 1.0, mixture "
+        "components matched to the posteriors, KL kept at full weight and cluster terms warmed up over half of "
+        "joint training",
+        BALANCED_MODEL,
+        BALANCED_TRAIN,
+    ),
+    "balanced_reference_weights": (
+        "balanced, but weights RNA 3.0 / ATAC 0.1",
+        {**BALANCED_MODEL, "rna_weight": 3.0, "atac_weight": 0.1},
+        BALANCED_TRAIN,
+    ),
+    "balanced_counts_input": (
+        "balanced, but log1p-count encoder inputs",
+        {**BALANCED_MODEL, "encoder_input": "counts"},
+        BALANCED_TRAIN,
+    ),
+    "balanced_original_switch": (
+        "balanced, but the original switch to the mixture prior",
+        BALANCED_MODEL,
+        ORIGINAL_SWITCH,
+    ),
+    "balanced_no_cluster_terms": (
+        "balanced, without the cluster terms (cluster_weight 0)",
+        {**BALANCED_MODEL, "cluster_weight": 0.0},
+        BALANCED_TRAIN,
+    ),
+    "balanced_no_cycle": (
+        "balanced, without the cycle KL (cycle_kl_weight 0)",
+        {**BALANCED_MODEL, "cycle_kl_weight": 0.0},
+        BALANCED_TRAIN,
+    ),
+}
+DEFAULT_VARIANTS = ["reference", "balanced", "baselines"]
+BASELINES = ("pca_rna", "lsi_atac", "pca_lsi", "wnn")
+BASELINE_TITLES = {
+    "pca_rna": "PCA (RNA)",
+    "lsi_atac": "LSI (ATAC)",
+    "pca_lsi": "PCA + LSI",
+    "wnn": "WNN (muon)",
+}
+
+
+def _threads(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.jobs > 1:
+        torch.set_num_threads(1)
+
+
+def _data(args: argparse.Namespace, seed: int):
+    """The data (the same subsample for every seed), and its copy with this seed's held-out entries hidden."""
+    mdata = read_data(argparse.Namespace(data=args.data, n_cells=args.n_cells, seed=0))
+    train, masks = hide_entries(mdata, argparse.Namespace(held_out=args.held_out, seed=seed))
+    return mdata, train, masks
+
+
+def _resolve(train_kwargs: dict, epochs: int) -> dict:
+    return {k: (max(1, epochs // 2) if v == HALF else v) for k, v in train_kwargs.items()}
+
+
+def active_dimensions(means: np.ndarray, threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies across cells (variance above ``threshold``)."""
+    return int((np.asarray(means).var(axis=0) > threshold).sum())
+
+
+def _cluster_scores(latent: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
+    from scmvp_scvi.metrics import kmeans_scores, leiden_scores
+
+    scores = {**kmeans_scores(latent, labels, seed), **leiden_scores(latent, labels, seed=seed)}
+    return {k: scores[k] for k in ("kmeans_ari", "kmeans_nmi", "leiden_ari", "leiden_nmi", "leiden_n_clusters")}
+
+
+def _latent_report(model, labels: np.ndarray, seed: int) -> dict[str, dict]:
+    report = {}
+    for modality in ("joint", "rna", "atac"):
+        latent = model.get_latent_representation(modality=modality, key_added=None)
+        report[modality] = {**_cluster_scores(latent, labels, seed), "active_dims": active_dimensions(latent)}
+    return report
+
+
+def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train one variant with one seed and score it after each phase."""
+    import scvi
+
+    import scmvp_scvi
+    from scmvp_scvi._model import default_epochs
+    from scmvp_scvi.metrics import agreement, atac_imputation_scores, rna_imputation_scores
+
+    _, model_kwargs, train_kwargs = VARIANTS[variant]
+    scvi.settings.seed = seed
+    mdata, train, masks = _data(args, seed)
+    labels = mdata.obs[args.label_key].astype(str).to_numpy()
+    epochs = args.epochs or default_epochs(mdata.n_obs)
+    common = {"accelerator": "cpu", "enable_progress_bar": False, **_resolve(train_kwargs, epochs)}
+
+    scmvp_scvi.SCMVP.setup_mudata(train)
+    model = scmvp_scvi.SCMVP(train, **model_kwargs)
+    start = time.perf_counter()
+    model.train(max_epochs=0, pretrain_epochs=epochs, **common)  # pretraining and mixture initialisation
+    pretrain_seconds = time.perf_counter() - start
+    load = [os.getloadavg()[0]]  # a load well above the torch threads means another job shared the cores
+    pretrained = _latent_report(model, labels, seed)
+    start = time.perf_counter()
+    model.train(max_epochs=epochs, **common)
+    joint_seconds = time.perf_counter() - start
+    load.append(os.getloadavg()[0])
+    final = _latent_report(model, labels, seed)
+
+    clusters = model.get_cluster_assignments(key_added=None)
+    sizes = np.bincount(clusters, minlength=model.n_centroids)
+    final["mixture"] = {
+        **agreement(labels, clusters),
+        "n_components": int(model.n_centroids),
+        "n_used": int((sizes > 0).sum()),
+        "smallest_used": int(sizes[sizes > 0].min()),
+    }
+    rna = model.get_normalized_expression(return_numpy=True)
+    atac = model.get_normalized_accessibility(return_numpy=True)
+    imputation = {
+        **rna_imputation_scores(mdata["rna"].X, rna, masks["rna"], "heldout_"),
+        **atac_imputation_scores(mdata["atac"].X, atac, masks["atac"], "heldout_"),
+    }
+    return {
+        "variant": variant,
+        "seed": seed,
+        "n_cells": int(mdata.n_obs),
+        "epochs_per_phase": epochs,
+        "pretrain_seconds": pretrain_seconds,
+        "joint_seconds": joint_seconds,
+        "jobs": args.jobs,
+        "load_after_each_phase": load,
+        "pretrained": pretrained,
+        "final": final,
+        "imputation": imputation,
+    }
+
+
+def run_baselines(seed: int, args: argparse.Namespace) -> dict:
+    """PCA, LSI, PCA + LSI and WNN on the same training data as the variants."""
+    from scmvp_scvi.metrics import graph_leiden_scores
+
+    mdata, train, _ = _data(args, seed)
+    labels = mdata.obs[args.label_key].astype(str).to_numpy()
+    joint = pca_lsi(train, argparse.Namespace(seed=seed))
+    report = {"pca_rna": joint[:, :20], "lsi_atac": joint[:, 20:], "pca_lsi": joint}
+    report = {name: _cluster_scores(latent, labels, seed) for name, latent in report.items()}
+
+    start = time.perf_counter()
+    wnn = graph_leiden_scores(wnn_graph(train, joint, seed), labels, seed=seed)
+    report["wnn"] = {k: wnn[k] for k in ("leiden_ari", "leiden_nmi", "leiden_n_clusters")}
+    report["wnn"]["seconds"] = time.perf_counter() - start
+    return {"variant": "baselines", "seed": seed, "n_cells": int(mdata.n_obs), "baselines": report}
+
+
+# ---------------------------------------------------------------------------------------------------- the table
+def _get(result: dict, path: str) -> float | None:
+    value = result
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return float(value)
+
+
+ROWS = [
+    ("Pretrained joint latent: Leiden ARI / NMI", ("pretrained.joint.leiden_ari", "pretrained.joint.leiden_nmi")),
+    ("Joint latent after joint training: Leiden ARI / NMI", ("final.joint.leiden_ari", "final.joint.leiden_nmi")),
+    ("Joint latent after joint training: KMeans ARI / NMI", ("final.joint.kmeans_ari", "final.joint.kmeans_nmi")),
+    ("Mixture clusters: ARI / NMI", ("final.mixture.ari", "final.mixture.nmi")),
+    ("Mixture components used / K", ("final.mixture.n_used", "final.mixture.n_components")),
+    ("RNA-only latent: Leiden ARI / NMI", ("final.rna.leiden_ari", "final.rna.leiden_nmi")),
+    ("ATAC-only latent: Leiden ARI / NMI", ("final.atac.leiden_ari", "final.atac.leiden_nmi")),
+    ("ATAC-only latent: KMeans ARI / NMI", ("final.atac.kmeans_ari", "final.atac.kmeans_nmi")),
+    ("Pretrained ATAC-only latent: Leiden ARI / NMI", ("pretrained.atac.leiden_ari", "pretrained.atac.leiden_nmi")),
+    (
+        "Active dimensions after pretraining: joint / RNA / ATAC encoder",
+        ("pretrained.joint.active_dims", "pretrained.rna.active_dims", "pretrained.atac.active_dims"),
+    ),
+    (
+        "Active dimensions after joint training: joint / RNA / ATAC encoder",
+        ("final.joint.active_dims", "final.rna.active_dims", "final.atac.active_dims"),
+    ),
+    (
+        "Held-out RNA Pearson per gene / per cell",
+        ("imputation.heldout_rna_gene_pearson", "imputation.heldout_rna_cell_pearson"),
+    ),
+    (
+        "Held-out ATAC AUROC per peak / per cell",
+        ("imputation.heldout_atac_peak_auroc", "imputation.heldout_atac_cell_auroc"),
+    ),
+    ("Training minutes (pretraining + joint)", ("minutes",)),
+]
+BASELINE_ROWS = [
+    ("Leiden ARI / NMI", ("leiden_ari", "leiden_nmi")),
+    ("KMeans ARI / NMI", ("kmeans_ari", "kmeans_nmi")),
+]
+
+
+def _timed_alone(result: dict) -> bool:
+    """Whether a run had the cores to itself: a 1-minute load below 3 after each phase (2 torch threads)."""
+    return max(result.get("load_after_each_phase", [np.inf])) < 3.0
+
+
+def _mean_sd(values: list[float], digits: int) -> str:
+    if not values:
+        return "-"
+    values = np.asarray(values, dtype=float)
+    if len(values) == 1 or values.std() == 0:
+        return f"{values[0]:.{digits}f}" if digits != 1 or values[0] % 1 else f"{values[0]:.0f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def _cell(results: list[dict], paths: tuple[str, ...]) -> str:
+    parts = []
+    for path in paths:
+        if path == "minutes":
+            values = [(r["pretrain_seconds"] + r["joint_seconds"]) / 60 for r in results if _timed_alone(r)]
+        else:
+            values = [v for v in (_get(r, path) for r in results) if v is not None]
+        integer = path.endswith(("active_dims", "n_used", "n_components"))
+        parts.append(_mean_sd(values, 1 if integer or path == "minutes" else 3))
+    return " / ".join(parts)
+
+
+def write_table(args: argparse.Namespace) -> str:
+    """Mean ± standard deviation over seeds of every variant and baseline with results."""
+    files = sorted(args.results.glob(f"{args.name}_*_seed*.json"))
+    runs = [json.loads(f.read_text()) for f in files]
+    by_variant: dict[str, list[dict]] = {}
+    for run in runs:
+        by_variant.setdefault(run["variant"], []).append(run)
+    variants = [v for v in VARIANTS if v in by_variant]
+    lines = [
+        "<!-- written by benchmarks/ablation.py; included by ablation.md -->",
+        "",
+        "Each column is one variant of the model, trained on the same data with the same seeds; cells are the "
+        "mean ± standard deviation over the seeds (the number of seeds is in the header). Every run hides a "
+        "random 10% of the RNA and ATAC entries (a different draw per seed) and scores the imputation on them. "
+        "Leiden is the best-NMI clustering over resolutions 0.1-2.0 on a 15-neighbour graph, KMeans uses k = "
+        "number of cell types; an active dimension is a latent coordinate whose posterior mean varies across "
+        "cells with variance above 0.01. After pretraining every encoder has a standard normal prior, so this "
+        "counts the dimensions it uses; in joint training the RNA-only and ATAC-only encoders only feed the "
+        "fusion layer, which is linear, so their scale is free and their clustering scores say more. "
+        "Training minutes count only runs that had the cores to themselves (1-minute load below 3 after each "
+        "phase); the header's n counts all runs. Produced by:",
+        "",
+        "```bash",
+        args.command,
+        "```",
+        "",
+        "| variant | what it changes |",
+        "|---|---|",
+        *[f"| `{v}` | {VARIANTS[v][0]} |" for v in variants],
+        "",
+    ]
+    if variants:
+        first = by_variant[variants[0]][0]
+        lines += [
+            f"{args.data.name}: {first['n_cells']:,} cells, {first['epochs_per_phase']} pretraining + "
+            f"{first['epochs_per_phase']} joint epochs per run; CPU, "
+            + ("two runs at a time, one thread each" if first["jobs"] > 1 else "one run at a time")
+            + ".",
+            "",
+            "| metric | " + " | ".join(f"`{v}` (n={len(by_variant[v])})" for v in variants) + " |",
+            "|---|" + "---|" * len(variants),
+            *[
+                f"| {title} | " + " | ".join(_cell(by_variant[v], paths) for v in variants) + " |"
+                for title, paths in ROWS
+            ],
+            "",
+        ]
+    if "baselines" in by_variant:
+        baselines = [r["baselines"] for r in by_variant["baselines"]]
+        lines += [
+            f"Baselines on the same data and seeds (n={len(baselines)}): 20 principal components of scaled "
+            "log-normalised RNA, LSI components 2-21 of TF-IDF ATAC, both side by side (each block of unit "
+            "scale), and muon's weighted nearest-neighbour graph of the two (Leiden only: WNN gives a graph, not "
+            "an embedding).",
+            "",
+            "| metric | " + " | ".join(BASELINE_TITLES[b] for b in BASELINES) + " |",
+            "|---|" + "---|" * len(BASELINES),
+            *[
+                f"| {title} | " + " | ".join(_cell([r[b] for r in baselines], paths) for b in BASELINES) + " |"
+                for title, paths in BASELINE_ROWS
+            ],
+            "",
+        ]
+    table = "\n".join(lines)
+    args.table.write_text(table)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--label-key", default="cell_type")
+    parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, "baselines"], default=DEFAULT_VARIANTS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per phase (default: the model's recipe)")
+    parser.add_argument("--held-out", type=float, default=0.1)
+    parser.add_argument("--n-cells", type=int, default=None, help="a seeded subsample of cells")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each when above 1)")
+    parser.add_argument("--name", default=None, help="result name (default: the data file's stem)")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "ablation")
+    parser.add_argument("--table", type=Path, default=ROOT / "docs" / "ablation_table.md")
+    parser.add_argument("--table-only", action="store_true", help="only rebuild the table from the JSON files")
+    parser.add_argument("--run", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.name = args.name or args.data.stem
+    args.results.mkdir(parents=True, exist_ok=True)
+
+    if args.run:
+        variant, seed = args.run[0], int(args.run[1])
+        _threads(args)
+        result = run_baselines(seed, args) if variant == "baselines" else run_variant(variant, seed, args)
+        path = args.results / f"{args.name}_{variant}_seed{seed}.json"
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {path}", flush=True)
+        return
+
+    if not args.table_only:
+        queue = [(v, s) for s in args.seeds for v in args.variants]
+        running: list[subprocess.Popen] = []
+        env = {**os.environ, **({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if args.jobs > 1 else {})}
+        argv = list(sys.argv[1:])
+        while queue or running:
+            while queue and len(running) < args.jobs:
+                variant, seed = queue.pop(0)
+                print(f"== {variant}, seed {seed}", flush=True)
+                command = [sys.executable, __file__, *argv, "--run", variant, str(seed)]
+                running.append(subprocess.Popen(command, env=env))
+            time.sleep(2)
+            for process in [p for p in running if p.poll() is not None]:
+                running.remove(process)
+                if process.returncode != 0:
+                    raise SystemExit(f"{process.args[-2:]} failed with exit code {process.returncode}")
+    args.command = " ".join(["python benchmarks/ablation.py", *(a for a in sys.argv[1:] if a != "--table-only")])
+    print(write_table(args))
+
+
+if __name__ == "__main__":
+    main()
