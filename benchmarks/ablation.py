@@ -58,6 +58,12 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
         BALANCED_MODEL,
         BALANCED_TRAIN,
     ),
+    "reference_gentle_switch": (
+        "reference, but the balanced recipe's switch to the mixture prior (posterior-matched components, KL kept "
+        "at full weight, cluster terms warmed up)",
+        {"encoder_input": "counts", "rna_weight": 3.0, "atac_weight": 0.1},
+        BALANCED_TRAIN,
+    ),
     "balanced_reference_weights": (
         "balanced, but weights RNA 3.0 / ATAC 0.1",
         {**BALANCED_MODEL, "rna_weight": 3.0, "atac_weight": 0.1},
