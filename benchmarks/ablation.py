@@ -15,8 +15,8 @@ Usage::
     python benchmarks/ablation.py --n-cells 1500 --epochs 3 --name smoke --seeds 0 --variants balanced
     python benchmarks/ablation.py --table-only                      # rebuild the table from the JSON files
 
-``--jobs 2`` runs two trainings at once with one thread each (scores only: the times are then not comparable
-with a one-job run). Writes ``benchmarks/results/ablation/<name>_<variant>_seed<k>.json`` and the tables
+Runs go one at a time: two torch processes on 2 cores oversubscribe their threads and each runs several times
+slower. Writes ``benchmarks/results/ablation/<name>_<variant>_seed<k>.json`` and the tables
 ``docs/ablation_table.md`` (included by ``docs/ablation.md``).
 """
 
@@ -100,13 +100,6 @@ BASELINE_TITLES = {
 }
 
 
-def _threads(args: argparse.Namespace) -> None:
-    import torch
-
-    if args.jobs > 1:
-        torch.set_num_threads(1)
-
-
 def _data(args: argparse.Namespace, seed: int):
     """The data (the same subsample for every seed), and its copy with this seed's held-out entries hidden."""
     mdata = read_data(argparse.Namespace(data=args.data, n_cells=args.n_cells, seed=0))
@@ -187,7 +180,6 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
         "epochs_per_phase": epochs,
         "pretrain_seconds": pretrain_seconds,
         "joint_seconds": joint_seconds,
-        "jobs": args.jobs,
         "load_after_each_phase": load,
         "pretrained": pretrained,
         "final": final,
@@ -317,9 +309,7 @@ def write_table(args: argparse.Namespace) -> str:
         first = by_variant[variants[0]][0]
         lines += [
             f"{args.data.name}: {first['n_cells']:,} cells, {first['epochs_per_phase']} pretraining + "
-            f"{first['epochs_per_phase']} joint epochs per run; CPU, "
-            + ("two runs at a time, one thread each" if first["jobs"] > 1 else "one run at a time")
-            + ".",
+            f"{first['epochs_per_phase']} joint epochs per run; CPU, one run at a time.",
             "",
             "| metric | " + " | ".join(f"`{v}` (n={len(by_variant[v])})" for v in variants) + " |",
             "|---|" + "---|" * len(variants),
@@ -359,7 +349,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs per phase (default: the model's recipe)")
     parser.add_argument("--held-out", type=float, default=0.1)
     parser.add_argument("--n-cells", type=int, default=None, help="a seeded subsample of cells")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each when above 1)")
     parser.add_argument("--name", default=None, help="result name (default: the data file's stem)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "ablation")
     parser.add_argument("--table", type=Path, default=ROOT / "docs" / "ablation_table.md")
@@ -371,7 +360,6 @@ def main() -> None:
 
     if args.run:
         variant, seed = args.run[0], int(args.run[1])
-        _threads(args)
         result = run_baselines(seed, args) if variant == "baselines" else run_variant(variant, seed, args)
         path = args.results / f"{args.name}_{variant}_seed{seed}.json"
         path.write_text(json.dumps(result, indent=1) + "\n")
@@ -379,21 +367,11 @@ def main() -> None:
         return
 
     if not args.table_only:
-        queue = [(v, s) for s in args.seeds for v in args.variants]
-        running: list[subprocess.Popen] = []
-        env = {**os.environ, **({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if args.jobs > 1 else {})}
-        argv = list(sys.argv[1:])
-        while queue or running:
-            while queue and len(running) < args.jobs:
-                variant, seed = queue.pop(0)
+        for seed in args.seeds:
+            for variant in args.variants:
                 print(f"== {variant}, seed {seed}", flush=True)
-                command = [sys.executable, __file__, *argv, "--run", variant, str(seed)]
-                running.append(subprocess.Popen(command, env=env))
-            time.sleep(2)
-            for process in [p for p in running if p.poll() is not None]:
-                running.remove(process)
-                if process.returncode != 0:
-                    raise SystemExit(f"{process.args[-2:]} failed with exit code {process.returncode}")
+                command = [sys.executable, __file__, *sys.argv[1:], "--run", variant, str(seed)]
+                subprocess.run(command, check=True)
     args.command = " ".join(["python benchmarks/ablation.py", *(a for a in sys.argv[1:] if a != "--table-only")])
     print(write_table(args))
 

@@ -392,10 +392,9 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         """
         if variance not in GMM_VARIANCES:
             raise ValueError(f"variance must be one of {GMM_VARIANCES}, got {variance!r}.")
-        outputs = {
-            "mean": (self.module.n_latent, lambda inf, gen: inf["qz"].loc),
-            "var": (self.module.n_latent, lambda inf, gen: inf["qz"].variance),
-        }
+        outputs = {"mean": (self.module.n_latent, lambda inf, gen: inf["qz"].loc)}
+        if variance == "posterior":
+            outputs["var"] = (self.module.n_latent, lambda inf, gen: inf["qz"].variance)
         posterior = self._fill(self.adata, None, batch_size, outputs, decode=False)
         latent = posterior["mean"]
         # the user's n_centroids until the first initialisation, the resolved K afterwards
@@ -404,8 +403,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             labels = leiden_labels(latent, resolution=resolution, seed=settings.seed)
         else:
             labels = kmeans_labels(latent, n_centroids, seed=settings.seed)
-        posterior_var = posterior["var"] if variance == "posterior" else None
-        means, variances, weights = cluster_statistics(latent, labels, posterior_variances=posterior_var)
+        means, variances, weights = cluster_statistics(latent, labels, posterior_variances=posterior.get("var"))
         self.module.initialize_gmm(
             torch.as_tensor(means, dtype=torch.float32),
             torch.as_tensor(variances, dtype=torch.float32),

@@ -140,3 +140,18 @@ def test_batch_mixing_separated_vs_mixed():
     assert np.isnan(metrics.batch_mixing(mixed, ["a"] * 300))
     with pytest.raises(ValueError, match="batches has 3"):
         metrics.batch_mixing(mixed, ["a", "b", "c"])
+
+
+def test_graph_leiden_scores_on_a_given_graph_match_those_on_its_embedding():
+    import scanpy as sc
+    from anndata import AnnData
+    from sklearn.datasets import make_blobs
+
+    from scmvp_scvi.metrics import graph_leiden_scores, leiden_scores
+
+    latent, labels = make_blobs(n_samples=300, centers=3, n_features=5, cluster_std=0.5, random_state=0)
+    adata = AnnData(latent.astype(np.float32))
+    sc.pp.neighbors(adata, use_rep="X", n_neighbors=15, transformer="sklearn")
+    from_graph = graph_leiden_scores(adata.obsp["connectivities"], labels)
+    assert from_graph == leiden_scores(latent, labels)
+    assert from_graph["leiden_ari"] > 0.99

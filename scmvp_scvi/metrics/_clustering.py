@@ -48,18 +48,25 @@ def graph_leiden_scores(
 ) -> dict[str, float]:
     """:func:`leiden_scores` on a given cell-cell graph, e.g. muon's weighted nearest neighbours (WNN)."""
     adata = AnnData(np.zeros((connectivities.shape[0], 0), dtype=np.float32))
-    adata.obsp["connectivities"] = sparse.csr_matrix(connectivities)
-    adata.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {}}
-    return _best_leiden(adata, labels, resolutions, seed)
+    return _best_leiden(adata, labels, resolutions, seed, adjacency=sparse.csr_matrix(connectivities))
 
 
-def _best_leiden(adata: AnnData, labels, resolutions: np.ndarray | None, seed: int) -> dict[str, float]:
+def _best_leiden(
+    adata: AnnData, labels, resolutions: np.ndarray | None, seed: int, adjacency: sparse.csr_matrix | None = None
+) -> dict[str, float]:
+    """Leiden over ``resolutions`` on ``adjacency`` (default: the neighbour graph of ``adata``), best NMI kept."""
     truth = _codes(labels)
     resolutions = np.round(np.arange(0.1, 2.01, 0.1), 2) if resolutions is None else resolutions
     best = {"leiden_nmi": -1.0}
     for resolution in resolutions:
         sc.tl.leiden(
-            adata, resolution=float(resolution), flavor="igraph", n_iterations=2, directed=False, random_state=seed
+            adata,
+            resolution=float(resolution),
+            adjacency=adjacency,
+            flavor="igraph",
+            n_iterations=2,
+            directed=False,
+            random_state=seed,
         )
         predicted = adata.obs["leiden"].to_numpy()
         scores = agreement(truth, predicted, "leiden_")
