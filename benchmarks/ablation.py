@@ -84,6 +84,16 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
         {**BALANCED_MODEL, "cluster_weight": 0.0},
         BALANCED_TRAIN,
     ),
+    "balanced_prior_balance": (
+        "balanced, but the balance term pulls the cluster marginal towards the mixture weights, not equal sizes",
+        {**BALANCED_MODEL, "balance_target": "prior"},
+        BALANCED_TRAIN,
+    ),
+    "balanced_prior_balance_single": (
+        "balanced_prior_balance, and the RNA-only and ATAC-only VAE terms kept in joint training",
+        {**BALANCED_MODEL, "balance_target": "prior", "single_modality_weight": 1.0},
+        BALANCED_TRAIN,
+    ),
     "balanced_no_cycle": (
         "balanced, without the cycle KL (cycle_kl_weight 0)",
         {**BALANCED_MODEL, "cycle_kl_weight": 0.0},
@@ -153,11 +163,15 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
     pretrain_seconds = time.perf_counter() - start
     load = [os.getloadavg()[0]]  # a load well above the torch threads means another job shared the cores
     pretrained = _latent_report(model, labels, seed)
+    if args.save_models:
+        model.save(args.save_models / f"{variant}_seed{seed}_pretrained", overwrite=True)
     start = time.perf_counter()
     model.train(max_epochs=epochs, **common)
     joint_seconds = time.perf_counter() - start
     load.append(os.getloadavg()[0])
     final = _latent_report(model, labels, seed)
+    if args.save_models:
+        model.save(args.save_models / f"{variant}_seed{seed}_final", overwrite=True)
 
     clusters = model.get_cluster_assignments(key_added=None)
     sizes = np.bincount(clusters, minlength=model.n_centroids)
@@ -353,6 +367,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "ablation")
     parser.add_argument("--table", type=Path, default=ROOT / "docs" / "ablation_table.md")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from the JSON files")
+    parser.add_argument("--save-models", type=Path, default=None, help="also save each model after each phase here")
     parser.add_argument("--run", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.name = args.name or args.data.stem

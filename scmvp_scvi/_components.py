@@ -252,28 +252,34 @@ class GaussianMixturePrior(nn.Module):
         self.log_vars.copy_(variances.clamp_min(VAR_EPS).log())
         self.logits.copy_(weights.clamp_min(1e-8).log())
 
-    def log_component_densities(self, z: torch.Tensor) -> torch.Tensor:
+    def _mixture(self, detach: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log weights, means and clamped log-variances; ``detach`` stops gradients into the mixture."""
+        params = (torch.log_softmax(self.logits, -1), self.means, self.log_vars.clamp(LOG_VAR_MIN, LOG_VAR_MAX))
+        return tuple(p.detach() for p in params) if detach else params
+
+    def log_component_densities(self, z: torch.Tensor, detach: bool = False) -> torch.Tensor:
         """``log N(z; mu_k, var_k)`` for every component, shape ``(..., K)``."""
+        _, means, log_vars = self._mixture(detach)
         z = z.unsqueeze(-2)
-        log_vars = self.log_vars.clamp(LOG_VAR_MIN, LOG_VAR_MAX)
-        return -0.5 * (math.log(2 * math.pi) + log_vars + (z - self.means) ** 2 / log_vars.exp()).sum(-1)
+        return -0.5 * (math.log(2 * math.pi) + log_vars + (z - means) ** 2 / log_vars.exp()).sum(-1)
 
-    def log_responsibilities(self, z: torch.Tensor) -> torch.Tensor:
+    def log_responsibilities(self, z: torch.Tensor, detach: bool = False) -> torch.Tensor:
         """``log p(c = k | z)``, normalised with log-softmax (no underflow far from every component)."""
-        return torch.log_softmax(torch.log_softmax(self.logits, -1) + self.log_component_densities(z), dim=-1)
+        log_pi = self._mixture(detach)[0]
+        return torch.log_softmax(log_pi + self.log_component_densities(z, detach), dim=-1)
 
-    def kl_divergence(self, qz: Normal, log_gamma: torch.Tensor) -> torch.Tensor:
+    def kl_divergence(self, qz: Normal, log_gamma: torch.Tensor, detach: bool = False) -> torch.Tensor:
         """VaDE's ``KL(q(z, c | x) || p(z, c))`` per cell, with ``q(c | x) = p(c | z)``.
 
-        ``E_q[log p(z | c)]`` is computed in closed form from the posterior mean and variance.
+        ``E_q[log p(z | c)]`` is computed in closed form from the posterior mean and variance. ``detach=True``
+        fits the posterior to the mixture without moving the mixture.
         """
         gamma = log_gamma.exp()
         mean, var = qz.loc.unsqueeze(-2), qz.variance.unsqueeze(-2)
-        log_vars = self.log_vars.clamp(LOG_VAR_MIN, LOG_VAR_MAX)
+        log_pi, means, log_vars = self._mixture(detach)
         expected_log_pz_c = -0.5 * (
-            math.log(2 * math.pi) + log_vars + (var + (mean - self.means) ** 2) / log_vars.exp()
+            math.log(2 * math.pi) + log_vars + (var + (mean - means) ** 2) / log_vars.exp()
         ).sum(-1)
-        log_pi = torch.log_softmax(self.logits, -1)
         entropy_qz = 0.5 * (1 + math.log(2 * math.pi) + qz.variance.log()).sum(-1)
         return (gamma * (log_gamma - log_pi - expected_log_pz_c)).sum(-1) - entropy_qz
 

@@ -86,6 +86,13 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
     encoder_input
         What the encoders see: ``"counts"`` (default, as in the original code: ``log1p`` of the raw counts) or
         ``"normalized"`` (log counts per 10,000 for RNA and log TF-IDF for ATAC, as the scMVP paper describes).
+    balance_target
+        What the balance cluster term pulls the cluster sizes towards: ``"uniform"`` (default, as in the original:
+        equal clusters) or ``"prior"`` (the mixture weights, which start at the sizes of the initial clusters, so
+        large cell types are not split and small ones not merged to even the sizes out).
+    single_modality_weight
+        Weight of the RNA-only and ATAC-only VAE terms in joint training (default 0, as in the original, where
+        only pretraining trains the single-modality encoders).
     **module_kwargs
         Further arguments of :class:`~scmvp_scvi.SCMVPModule`.
 
@@ -118,6 +125,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         joint_kl_weight: float = 0.1,
         cycle_kl_weight: float = 0.1,
         encoder_input: str = "counts",
+        balance_target: str = "uniform",
+        single_modality_weight: float = 0.0,
         **module_kwargs,
     ):
         super().__init__(mdata)
@@ -156,6 +165,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             cycle_kl_weight=cycle_kl_weight,
             encoder_input=encoder_input,
             atac_idf=self._atac_idf() if encoder_input == "normalized" else None,
+            balance_target=balance_target,
+            single_modality_weight=single_modality_weight,
             **module_kwargs,
         )
         self._update_summary()

@@ -29,6 +29,7 @@ from ._likelihoods import (
 
 # what the encoders see: log1p of the counts (reference) or of depth-normalised RNA and TF-IDF ATAC
 ENCODER_INPUTS = ("counts", "normalized")
+BALANCE_TARGETS = ("uniform", "prior")
 
 
 def _kl_standard_normal(q: Normal) -> torch.Tensor:
@@ -85,6 +86,16 @@ class SCMVPModule(BaseModuleClass):
     sharpness_weight, balance_weight
         Weights, inside the cluster terms, of the per-cell sharpness ``-sum_k gamma_k^2`` and of the negative
         entropy of the minibatch cluster marginal (minimising it spreads cells over clusters).
+    balance_target
+        What the balance term pulls the minibatch cluster marginal towards. ``"uniform"`` (the original): equal
+        clusters, i.e. the negative entropy of the marginal. ``"prior"``: the mixture weights, i.e. the KL from the
+        marginal to the (fixed in this term) mixture weights, which keeps every component in use without forcing
+        the large cell types to split and the small ones to merge.
+    single_modality_weight
+        Weight, in joint training, of the RNA-only and ATAC-only VAE terms (each single-modality posterior decodes
+        its own modality and is pulled to the mixture prior). ``0`` (the original): only pretraining trains them,
+        so in joint training the single-modality encoders only follow the joint posterior and the weaker one
+        (usually ATAC) can collapse; ``1`` keeps both able to embed a cell on their own.
     normalize_encoder_input
         Scale each cell to 10,000 counts before the ``log1p`` that feeds the encoders (also for the
         re-encoded means of the cycle head), so that sequencing depth does not enter the latent. Ignored when
@@ -120,6 +131,8 @@ class SCMVPModule(BaseModuleClass):
         cycle_kl_weight: float = 0.1,
         sharpness_weight: float = 50.0,
         balance_weight: float = 50.0,
+        balance_target: str = "uniform",
+        single_modality_weight: float = 0.0,
         normalize_encoder_input: bool = False,
         encoder_input: str = "counts",
         atac_idf: torch.Tensor | None = None,
@@ -138,6 +151,9 @@ class SCMVPModule(BaseModuleClass):
         self.n_centroids = n_centroids
         if encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {encoder_input!r}.")
+        if balance_target not in BALANCE_TARGETS:
+            raise ValueError(f"balance_target must be one of {BALANCE_TARGETS}, got {balance_target!r}.")
+        self.balance_target = balance_target
         self.rna_likelihood, self.atac_likelihood = rna_likelihood, atac_likelihood
         self.latent_distribution = "normal"
         self.normalize_encoder_input = normalize_encoder_input
@@ -156,6 +172,7 @@ class SCMVPModule(BaseModuleClass):
             "cycle_kl": cycle_kl_weight,
             "sharpness": sharpness_weight,
             "balance": balance_weight,
+            "single": single_modality_weight,
         }
 
         cat_list = [n_batch, *(n_cats_per_cov or [])]
@@ -412,7 +429,8 @@ class SCMVPModule(BaseModuleClass):
         log_gamma_cycle = self.prior.log_responsibilities(q_cycle.rsample())
         kl_cycle = kl_divergence(q_fused, q_cycle).sum(-1)
 
-        consistency, sharpness, negative_entropy = self.cluster_terms(log_gamma, log_gamma_cycle)
+        log_pi = torch.log_softmax(self.prior.logits, -1).detach() if self.balance_target == "prior" else None
+        consistency, sharpness, negative_entropy = self.cluster_terms(log_gamma, log_gamma_cycle, log_pi)
         cluster = consistency + w["sharpness"] * sharpness + w["balance"] * negative_entropy
         extra = {
             "kl_cycle": kl_cycle,
@@ -421,11 +439,35 @@ class SCMVPModule(BaseModuleClass):
             "cluster_balance": negative_entropy,
             "_kl_aux": w["cycle_kl"] * kl_cycle,
         }
-        return w["cluster"] * cluster, kl_prior, extra
+        total = w["cluster"] * cluster
+        if w["single"] > 0:
+            single_total, single_kl, single_extra = self._single_modality_terms(tensors, inference_outputs, covariates)
+            total = total + w["single"] * single_total
+            extra["_kl_aux"] = extra["_kl_aux"] + w["single"] * single_kl
+            extra.update(single_extra)
+        return total, kl_prior, extra
+
+    def _single_modality_terms(self, tensors, inference_outputs, covariates):
+        """RNA-only and ATAC-only VAEs under the (fixed in these terms) mixture prior, each decoding its modality."""
+        total, kl, extra = 0.0, 0.0, {}
+        for modality, x_key, decode in (
+            ("rna", REGISTRY_KEYS.X_KEY, self._decode_rna),
+            ("atac", REGISTRY_KEYS.ATAC_X_KEY, self._decode_atac),
+        ):
+            q, z = inference_outputs[f"qz_{modality}"], inference_outputs[f"z_{modality}"]
+            # the mixture is shaped by the joint posteriors only; the single-modality ones are fitted to it
+            log_gamma = self.prior.log_responsibilities(z, detach=True)
+            gate = self.decoder.gate(log_gamma.exp(), z.shape[0])
+            params = decode(z, gate, inference_outputs[f"library_{modality}"], covariates)
+            nll = self._nll(modality, tensors[x_key], params)
+            total = total + self.weights[modality] * nll
+            kl = kl + self.prior.kl_divergence(q, log_gamma, detach=True)
+            extra[f"nll_{modality}_single"] = nll
+        return total, kl, extra
 
     @staticmethod
     def cluster_terms(
-        log_gamma: torch.Tensor, log_gamma_cycle: torch.Tensor
+        log_gamma: torch.Tensor, log_gamma_cycle: torch.Tensor, log_target: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-cell cluster terms to minimise.
 
@@ -438,13 +480,15 @@ class SCMVPModule(BaseModuleClass):
             ``-sum_k gamma_k^2``: lower for confident assignments.
         negative_entropy
             ``sum_k pbar_k log pbar_k`` of the minibatch cluster marginal ``pbar`` (the same for every cell):
-            lower when cells spread over the clusters.
+            lower when cells spread over the clusters. With ``log_target`` (log cluster fractions to aim at),
+            ``sum_k pbar_k (log pbar_k - log_target_k)``: lower when the marginal matches the target.
         """
         gamma = log_gamma.exp()
         consistency = -(gamma * log_gamma_cycle).sum(-1)
         sharpness = -(gamma**2).sum(-1)
         marginal = gamma.mean(0)
-        negative_entropy = (marginal * torch.log(marginal + 1e-10)).sum().expand_as(sharpness)
+        log_ratio = torch.log(marginal + 1e-10) - (0.0 if log_target is None else log_target)
+        negative_entropy = (marginal * log_ratio).sum().expand_as(sharpness)
         return consistency, sharpness, negative_entropy
 
     @torch.inference_mode()

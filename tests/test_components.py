@@ -186,6 +186,34 @@ def test_cluster_balance_term_spreads_cells():
     assert torch.allclose(sharp_spread, sharp_collapsed)  # both equally confident per cell
 
 
+def test_cluster_balance_towards_the_prior_keeps_unequal_clusters():
+    """With the mixture weights as target, the balance term is lowest at those weights, not at equal clusters."""
+    from scmvp_scvi._module import SCMVPModule
+
+    def confident(counts):  # cells confidently assigned, counts[k] of them to cluster k
+        gamma = torch.full((sum(counts), len(counts)), 1e-6)
+        gamma[torch.arange(sum(counts)), torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))] = 1
+        return torch.log(gamma / gamma.sum(-1, keepdim=True))
+
+    unequal, equal, collapsed = confident([6, 2, 1, 1]), confident([3, 3, 2, 2]), confident([10, 0, 0, 0])
+    log_pi = torch.log(torch.tensor([0.6, 0.2, 0.1, 0.1]))
+    balance = {
+        name: SCMVPModule.cluster_terms(g, g, log_pi)[2][0]
+        for name, g in (("unequal", unequal), ("equal", equal), ("collapsed", collapsed))
+    }
+    assert balance["unequal"].abs() < 1e-3  # the KL from the marginal to the weights is zero there
+    assert balance["unequal"] < balance["equal"] < balance["collapsed"]
+    # the original target ranks the other way round: it prefers equal clusters
+    assert SCMVPModule.cluster_terms(equal, equal)[2][0] < SCMVPModule.cluster_terms(unequal, unequal)[2][0]
+
+
+def test_balance_target_is_checked():
+    from scmvp_scvi._module import SCMVPModule
+
+    with pytest.raises(ValueError, match="balance_target must be one of"):
+        SCMVPModule(10, 12, balance_target="equal")
+
+
 def test_cluster_consistency_is_lowest_when_assignments_agree():
     from scmvp_scvi._module import SCMVPModule
 

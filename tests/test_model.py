@@ -404,3 +404,28 @@ def test_inherited_elbo_and_reconstruction_error(demo_data_and_model):
     assert set(errors) == {"rna", "atac"}
     assert np.isfinite(float(elbo)) and float(elbo) < 0  # log-evidence lower bound of discrete counts
     assert -float(elbo) > errors["rna"] + errors["atac"]  # ELBO = -(reconstruction + KL), KL >= 0
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_single_modality_terms_train_the_encoders_not_the_mixture(small_mdata, weight):
+    """In joint training, the single-modality terms reach the encoders but leave the mixture to the joint ones."""
+    from scvi import REGISTRY_KEYS
+
+    SCMVP.setup_mudata(small_mdata)
+    model = SCMVP(small_mdata, n_centroids=3, single_modality_weight=weight)
+    model.train(max_epochs=0, pretrain_epochs=2, **FAST_TRAIN)
+    module = model.module.train()
+    tensors = next(iter(model._make_data_loader(adata=small_mdata, batch_size=64)))
+    inference = module.inference(**module._get_inference_input(tensors))
+    generative = module.generative(**module._get_generative_input(tensors, inference))
+    metrics = module.loss(tensors, inference, generative).extra_metrics
+    assert ("nll_atac_single" in metrics) == (weight > 0)
+
+    covariates = module._covariates(tensors[REGISTRY_KEYS.BATCH_KEY], None)
+    total, kl, extra = module._single_modality_terms(tensors, inference, covariates)
+    assert set(extra) == {"nll_rna_single", "nll_atac_single"}
+    (total + kl).sum().backward()
+    for parameter in module.prior.parameters():
+        assert parameter.grad is None or not parameter.grad.any()
+    for encoder in (module.rna_encoder, module.atac_encoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
