@@ -87,9 +87,9 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         What the encoders see: ``"counts"`` (default, as in the original code: ``log1p`` of the raw counts) or
         ``"normalized"`` (log counts per 10,000 for RNA and log TF-IDF for ATAC, as the scMVP paper describes).
     balance_target
-        What the balance cluster term pulls the cluster sizes towards: ``"uniform"`` (default, as in the original:
-        equal clusters) or ``"prior"`` (the mixture weights, which start at the sizes of the initial clusters, so
-        large cell types are not split and small ones not merged to even the sizes out).
+        What the balance cluster term pulls the cluster sizes towards: ``"prior"`` (default: the mixture weights,
+        which start at the sizes of the initial clusters, so large cell types are not split and small ones not
+        merged to even the sizes out) or ``"uniform"`` (equal clusters, as in the original scMVP).
     single_modality_weight
         Weight of the RNA-only and ATAC-only VAE terms in joint training (default 0, as in the original, where
         only pretraining trains the single-modality encoders).
@@ -125,7 +125,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         joint_kl_weight: float = 0.1,
         cycle_kl_weight: float = 0.1,
         encoder_input: str = "counts",
-        balance_target: str = "uniform",
+        balance_target: str = "prior",
         single_modality_weight: float = 0.0,
         **module_kwargs,
     ):

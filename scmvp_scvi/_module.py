@@ -87,10 +87,10 @@ class SCMVPModule(BaseModuleClass):
         Weights, inside the cluster terms, of the per-cell sharpness ``-sum_k gamma_k^2`` and of the negative
         entropy of the minibatch cluster marginal (minimising it spreads cells over clusters).
     balance_target
-        What the balance term pulls the minibatch cluster marginal towards. ``"uniform"`` (the original): equal
-        clusters, i.e. the negative entropy of the marginal. ``"prior"``: the mixture weights, i.e. the KL from the
-        marginal to the (fixed in this term) mixture weights, which keeps every component in use without forcing
-        the large cell types to split and the small ones to merge.
+        What the balance term pulls the minibatch cluster marginal towards. ``"prior"`` (default): the mixture
+        weights, i.e. the KL from the marginal to the (fixed in this term) mixture weights, which keeps every
+        component in use without forcing the large cell types to split and the small ones to merge.
+        ``"uniform"`` (the original scMVP): equal clusters, i.e. the negative entropy of the marginal.
     single_modality_weight
         Weight, in joint training, of the RNA-only and ATAC-only VAE terms (each single-modality posterior decodes
         its own modality and is pulled to the mixture prior). ``0`` (the original): only pretraining trains them,
@@ -131,7 +131,7 @@ class SCMVPModule(BaseModuleClass):
         cycle_kl_weight: float = 0.1,
         sharpness_weight: float = 50.0,
         balance_weight: float = 50.0,
-        balance_target: str = "uniform",
+        balance_target: str = "prior",
         single_modality_weight: float = 0.0,
         normalize_encoder_input: bool = False,
         encoder_input: str = "counts",

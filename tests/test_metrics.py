@@ -111,6 +111,11 @@ def test_baselines():
     np.testing.assert_allclose(metrics.mean_imputation(counts, "rna")[3], (profile_a / 8 + profile_b / 8) / 2)
     with pytest.raises(ValueError, match="modality"):
         metrics.mean_imputation(counts, "protein")
+    # scaled by depth: the cells with 3 open peaks get 1.5 times the mean, those with 1 half of it
+    peaks = sparse.csr_matrix(np.array([[1, 1, 1, 0]] * 2 + [[0, 0, 0, 5]] * 2, dtype=np.float32))
+    scaled = metrics.mean_imputation(peaks, "atac", by_depth=True)
+    np.testing.assert_allclose(scaled[0], 1.5 * np.array([0.5, 0.5, 0.5, 0.5]))
+    np.testing.assert_allclose(scaled[3], 0.5 * np.array([0.5, 0.5, 0.5, 0.5]))
 
 
 def test_clustering_scores_on_separated_groups():
