@@ -10,7 +10,7 @@ per seed. Each (variant, seed) runs in a process of its own.
 
 Usage::
 
-    python benchmarks/ablation.py                      # reference and balanced recipes, baselines; seeds 0-2
+    python benchmarks/ablation.py                      # both recipes with either balance term, baselines; seeds 0-2
     python benchmarks/ablation.py --variants balanced_no_cycle balanced_counts_input   # single-part ablations
     python benchmarks/ablation.py --n-cells 1500 --epochs 3 --name smoke --seeds 0 --variants balanced
     python benchmarks/ablation.py --table-only                      # rebuild the table from the JSON files
@@ -260,6 +260,7 @@ ROWS = [
     ("Joint latent after joint training: KMeans ARI / NMI", ("final.joint.kmeans_ari", "final.joint.kmeans_nmi")),
     ("Mixture clusters: ARI / NMI", ("final.mixture.ari", "final.mixture.nmi")),
     ("Mixture components used / K", ("final.mixture.n_used", "final.mixture.n_components")),
+    ("Smallest mixture cluster (cells)", ("final.mixture.smallest_used",)),
     ("RNA-only latent: Leiden ARI / NMI", ("final.rna.leiden_ari", "final.rna.leiden_nmi")),
     ("ATAC-only latent: Leiden ARI / NMI", ("final.atac.leiden_ari", "final.atac.leiden_nmi")),
     ("ATAC-only latent: KMeans ARI / NMI", ("final.atac.kmeans_ari", "final.atac.kmeans_nmi")),
@@ -323,7 +324,7 @@ def _cell(results: list[dict], paths: tuple[str, ...]) -> str:
         else:
             # a constant prediction has no correlation across cells (NaN): shown as "-"
             values = [v for v in (_get(r, path) for r in results) if v is not None and np.isfinite(v)]
-        integer = path.endswith(("active_dims", "n_used", "n_components"))
+        integer = path.endswith(("active_dims", "n_used", "n_components", "smallest_used"))
         parts.append(_mean_sd(values, 1 if integer or path == "minutes" else 3))
     return " / ".join(parts)
 

@@ -175,13 +175,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
     def _atac_idf(self) -> torch.Tensor:
         """Inverse document frequency of each peak over the registered cells, ``n / (1 + cells open)``."""
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.ATAC_X_KEY)
-        n_cells, n_peaks = matrix.shape
-        if sparse.issparse(matrix):
-            matrix = sparse.csr_matrix(matrix)
-            n_open = np.bincount(matrix.indices[matrix.data > 0], minlength=n_peaks)
-        else:
-            n_open = (np.asarray(matrix) > 0).sum(0)
-        return torch.as_tensor(n_cells / (1.0 + n_open), dtype=torch.float32)
+        n_open = np.asarray((matrix > 0).sum(axis=0)).ravel()  # sparse or dense alike
+        return torch.as_tensor(matrix.shape[0] / (1.0 + n_open), dtype=torch.float32)
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -362,8 +357,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             self.initialize_gmm(resolution=leiden_resolution, batch_size=max(batch_size, 256), variance=gmm_variance)
         if max_epochs > 0:
             kl_warmup = max(1, max_epochs // 2) if n_epochs_kl_warmup is None else n_epochs_kl_warmup
-            cluster_warmup = n_epochs_cluster_warmup
-            self._train_phase("joint", max_epochs=max_epochs, plan_kwargs=plan(kl_warmup, cluster_warmup), **common)
+            plan_kwargs = plan(kl_warmup, n_epochs_cluster_warmup)
+            self._train_phase("joint", max_epochs=max_epochs, plan_kwargs=plan_kwargs, **common)
 
     def _train_phase(self, phase: str, **kwargs) -> None:
         """Run one training phase and append its metrics (including new ones) to ``model.history``."""

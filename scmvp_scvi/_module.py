@@ -244,11 +244,11 @@ class SCMVPModule(BaseModuleClass):
 
     def _encoder_input(self, counts: torch.Tensor, library: torch.Tensor, modality: str) -> torch.Tensor:
         """Transform the counts (or decoded means) of one modality into what its encoders see."""
-        if self.encoder_input == "normalized":
-            scaled = counts / torch.exp(library) * 1e4
-            return torch.log1p(scaled * self.atac_idf if modality == "atac" else scaled)
-        if self.normalize_encoder_input:
+        normalized = self.encoder_input == "normalized"
+        if normalized or self.normalize_encoder_input:
             counts = counts / torch.exp(library) * 1e4
+        if normalized and modality == "atac":
+            counts = counts * self.atac_idf
         return torch.log1p(counts)
 
     @staticmethod

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from scipy import sparse
 from sklearn.metrics import adjusted_rand_score
 
@@ -261,28 +262,21 @@ def test_model_rejects_bad_arguments(small_mdata):
         SCMVP.setup_anndata(small_mdata["rna"])
 
 
-class _RecordWarmups:
-    """Callback factory recording the KL and cluster factors at the start of each epoch."""
+class _RecordWarmups(Callback):
+    """Records the KL and cluster factors at the start of each epoch."""
 
-    @staticmethod
-    def make():
-        from lightning.pytorch.callbacks import Callback
+    def __init__(self):
+        self.kl, self.cluster = [], []
 
-        class Record(Callback):
-            def __init__(self):
-                self.kl, self.cluster = [], []
-
-            def on_train_epoch_start(self, trainer, pl_module):
-                self.kl.append(float(pl_module.kl_weight))
-                self.cluster.append(float(pl_module.cluster_warmup))
-
-        return Record()
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.kl.append(float(pl_module.kl_weight))
+        self.cluster.append(float(pl_module.cluster_warmup))
 
 
 def test_warmups_of_each_phase(small_mdata):
     SCMVP.setup_mudata(small_mdata)
     model = SCMVP(small_mdata)
-    recorder = _RecordWarmups.make()
+    recorder = _RecordWarmups()
     model.train(max_epochs=4, pretrain_epochs=2, callbacks=[recorder], **FAST_TRAIN)
     # the original recipe: pretraining warms the KL up over its 2 epochs, joint training restarts it over half of
     # its 4 epochs and applies the cluster terms at full weight at once
@@ -293,7 +287,7 @@ def test_warmups_of_each_phase(small_mdata):
 def test_gentle_switch_warmups(small_mdata):
     SCMVP.setup_mudata(small_mdata)
     model = SCMVP(small_mdata)
-    recorder = _RecordWarmups.make()
+    recorder = _RecordWarmups()
     model.train(
         max_epochs=4,
         pretrain_epochs=2,
@@ -310,7 +304,7 @@ def test_gentle_switch_warmups(small_mdata):
 def test_kl_warmup_without_pretraining(small_mdata):
     SCMVP.setup_mudata(small_mdata)
     model = SCMVP(small_mdata, n_centroids=3)
-    recorder = _RecordWarmups.make()
+    recorder = _RecordWarmups()
     model.train(max_epochs=4, pretrain_epochs=0, callbacks=[recorder], **FAST_TRAIN)
     np.testing.assert_allclose(recorder.kl, [0.0, 0.5, 1.0, 1.0])
 
