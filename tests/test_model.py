@@ -423,3 +423,14 @@ def test_single_modality_terms_train_the_encoders_not_the_mixture(small_mdata, w
         assert parameter.grad is None or not parameter.grad.any()
     for encoder in (module.rna_encoder, module.atac_encoder):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
+
+
+@pytest.mark.parametrize("as_sparse", [True, False])
+def test_normalized_input_idf_counts_cells_with_each_peak_open(small_mdata, as_sparse):
+    atac = small_mdata["atac"]
+    atac.X = sparse.csr_matrix(atac.X) if as_sparse else np.asarray(sparse.csr_matrix(atac.X).todense())
+    SCMVP.setup_mudata(small_mdata)
+    model = SCMVP(small_mdata, encoder_input="normalized")
+    dense = np.asarray(sparse.csr_matrix(atac.X).todense())
+    expected = dense.shape[0] / (1.0 + (dense > 0).sum(0))
+    np.testing.assert_allclose(model.module.atac_idf.numpy(), expected, rtol=1e-6)
