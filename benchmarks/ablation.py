@@ -148,6 +148,51 @@ def _latent_report(model, labels: np.ndarray, seed: int) -> dict[str, dict]:
     return report
 
 
+# SCMVP arguments that act only in joint training (module attribute or key of module.weights)
+JOINT_OPTIONS = {
+    "balance_target": "balance_target",
+    "cluster_weight": "cluster",
+    "cycle_kl_weight": "cycle_kl",
+    "single_modality_weight": "single",
+}
+
+
+def _pretraining_options(variant: str) -> dict:
+    return {k: v for k, v in VARIANTS[variant][1].items() if k not in JOINT_OPTIONS}
+
+
+def _pretrained_source(variant: str, seed: int, args: argparse.Namespace) -> str | None:
+    """A variant whose saved pretrained model (``--from-pretrained``) this variant can start joint training from."""
+    if args.from_pretrained is None:
+        return None
+    for path in sorted(args.from_pretrained.glob(f"*_seed{seed}_pretrained")):
+        source = path.name.removesuffix(f"_seed{seed}_pretrained")
+        if source in VARIANTS and _pretraining_options(source) == _pretraining_options(variant):
+            return source
+    return None
+
+
+def _set_joint_options(model, model_kwargs: dict) -> None:
+    """Give a loaded model this variant's joint-training options (also in what it saves)."""
+    module = model.module
+    for name, target in JOINT_OPTIONS.items():
+        if name not in model_kwargs:
+            continue
+        if target in module.weights:
+            module.weights[target] = model_kwargs[name]
+        else:
+            setattr(module, target, model_kwargs[name])
+        for params in model.init_params_.values():
+            if name in params:
+                params[name] = model_kwargs[name]
+
+
+def _pretrain_seconds(source: str, seed: int, args: argparse.Namespace) -> float:
+    """The pretraining time of the run that saved the model (NaN if its result file is gone)."""
+    path = args.results / f"{args.name}_{source}_seed{seed}.json"
+    return json.loads(path.read_text())["pretrain_seconds"] if path.exists() else float("nan")
+
+
 def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
     """Train one variant with one seed and score it after each phase."""
     import scvi
@@ -164,10 +209,16 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
     common = {"accelerator": "cpu", "enable_progress_bar": False, **_resolve(train_kwargs, epochs)}
 
     scmvp_scvi.SCMVP.setup_mudata(train)
-    model = scmvp_scvi.SCMVP(train, **model_kwargs)
-    start = time.perf_counter()
-    model.train(max_epochs=0, pretrain_epochs=epochs, **common)  # pretraining and mixture initialisation
-    pretrain_seconds = time.perf_counter() - start
+    source = _pretrained_source(variant, seed, args)
+    if source is None:
+        model = scmvp_scvi.SCMVP(train, **model_kwargs)
+        start = time.perf_counter()
+        model.train(max_epochs=0, pretrain_epochs=epochs, **common)  # pretraining and mixture initialisation
+        pretrain_seconds = time.perf_counter() - start
+    else:  # the same pretraining, run by another variant: only the joint-phase options differ
+        model = scmvp_scvi.SCMVP.load(args.from_pretrained / f"{source}_seed{seed}_pretrained", mdata=train)
+        _set_joint_options(model, model_kwargs)
+        pretrain_seconds = _pretrain_seconds(source, seed, args)
     load = [os.getloadavg()[0]]  # a load well above the torch threads means another job shared the cores
     pretrained = _latent_report(model, labels, seed)
     if args.save_models:
@@ -197,6 +248,7 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
     return {
         "variant": variant,
         "seed": seed,
+        "pretrained_by": source or variant,
         "n_cells": int(mdata.n_obs),
         "epochs_per_phase": epochs,
         "pretrain_seconds": pretrain_seconds,
@@ -427,6 +479,13 @@ def main() -> None:
     parser.add_argument("--table", type=Path, default=ROOT / "docs" / "ablation_table.md")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from the JSON files")
     parser.add_argument("--save-models", type=Path, default=None, help="also save each model after each phase here")
+    parser.add_argument(
+        "--from-pretrained",
+        type=Path,
+        default=None,
+        help="a --save-models folder: a variant whose pretraining another variant already saved there (same "
+        "options but for the joint-training ones) starts joint training from that model",
+    )
     parser.add_argument("--run", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.name = args.name or args.data.stem
