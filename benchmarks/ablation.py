@@ -101,6 +101,11 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
         {**BALANCED_MODEL, "balance_target": "prior", "single_modality_weight": 1.0},
         BALANCED_TRAIN,
     ),
+    "balanced_prior_balance_single_counts_input": (
+        "balanced_prior_balance_single, but log1p-count encoder inputs",
+        {**BALANCED_MODEL, "encoder_input": "counts", "balance_target": "prior", "single_modality_weight": 1.0},
+        BALANCED_TRAIN,
+    ),
     "balanced_no_cycle": (
         "balanced, without the cycle KL (cycle_kl_weight 0)",
         {**BALANCED_MODEL, "cycle_kl_weight": 0.0},

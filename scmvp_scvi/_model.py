@@ -24,7 +24,14 @@ from scvi.model.base._save_load import _load_saved_files
 from ._gmm_init import cluster_statistics, kmeans_labels, leiden_labels
 from ._module import SCMVPModule
 from ._training_plan import SCMVPTrainingPlan
-from ._validation import check_alignment, check_counts, check_obs_keys, check_saved_features, resolve_modalities
+from ._validation import (
+    check_alignment,
+    check_counts,
+    check_obs_keys,
+    check_saved_features,
+    check_trainable,
+    resolve_modalities,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -319,6 +326,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             Extra arguments of :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
         """
         n_cells = self.adata.n_obs
+        check_trainable(n_cells, train_size)
         max_epochs = default_epochs(n_cells) if max_epochs is None else max_epochs
         pretrain_epochs = default_epochs(n_cells) if pretrain_epochs is None else pretrain_epochs
         for name, value in (("max_epochs", max_epochs), ("pretrain_epochs", pretrain_epochs)):

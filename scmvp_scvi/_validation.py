@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -20,6 +21,12 @@ def resolve_modalities(mdata: MuData, modalities: dict[str, str] | None) -> dict
         raise TypeError(f"SCMVP.setup_mudata expects a MuData object, got {type(mdata).__name__}.{hint}")
     if mdata.is_view:
         raise ValueError("The MuData is a view; call setup_mudata on a copy instead: mdata = mdata.copy().")
+    if mdata.isbacked or any(mod.isbacked for mod in mdata.mod.values()):
+        raise ValueError(
+            f"The MuData is opened in backed mode (its counts stay in {mdata.filename}); SCMVP reads every cell in "
+            "each epoch, so it needs them in memory. Read the file without backed mode: "
+            "mdata = mudata.read_h5mu(path); to keep memory down, subset the features first."
+        )
     available = list(mdata.mod)
     if modalities is None:
         missing = [name for name in DEFAULT_MODALITIES.values() if name not in mdata.mod]
@@ -108,7 +115,21 @@ def check_counts(adata: AnnData, layer: str | None, modality: str) -> None:
 
 
 def check_alignment(mdata: MuData, modalities: Sequence[str]) -> None:
-    """Raise unless every modality holds exactly ``mdata.obs_names`` in the same order."""
+    """Raise unless cell names are unique and every modality holds exactly ``mdata.obs_names`` in the same order."""
+    for name, names, fix in (
+        ("the MuData", mdata.obs_names, "mdata.obs_names_make_unique()"),
+        *(
+            (f"modality {m!r}", mdata.mod[m].obs_names, f"mdata.mod[{m!r}].obs_names_make_unique(); mdata.update()")
+            for m in modalities
+        ),
+    ):
+        if not names.is_unique:
+            repeated = names[names.duplicated()].unique()
+            raise ValueError(
+                f"{len(repeated)} cell names appear more than once in {name} (e.g. {list(repeated[:3])}), so cells "
+                f"cannot be matched across modalities. Make them unique first, e.g. {fix}, or, if the duplicates "
+                "come from merged samples, prefix each sample's names before merging."
+            )
     for name in modalities:
         mod_names = mdata.mod[name].obs_names
         if mod_names.equals(mdata.obs_names):
@@ -170,3 +191,18 @@ def check_saved_features(mdata: MuData, saved: dict[str, np.ndarray], modalities
 def layer_names(adata: AnnData) -> list[str]:
     """Names of the layers (recent anndata also lists ``.X`` under the key ``None``)."""
     return [key for key in adata.layers if key is not None]
+
+
+MIN_TRAINING_CELLS = 2  # batch normalisation needs two cells in a training minibatch
+
+
+def check_trainable(n_cells: int, train_size: float | None) -> None:
+    """Raise if too few cells are left for training (scvi-tools' split: ``ceil(train_size * n)`` cells)."""
+    n_train = math.ceil((0.9 if train_size is None else train_size) * n_cells)
+    if n_cells < MIN_TRAINING_CELLS + 1 or n_train < MIN_TRAINING_CELLS:
+        raise ValueError(
+            f"SCMVP cannot train on {n_cells} cells ({n_train} in the training split): it needs at least "
+            f"{MIN_TRAINING_CELLS} training cells, as its batch-normalised layers compare the cells of a "
+            f"minibatch, and {MIN_TRAINING_CELLS + 1} cells in all for the mixture initialisation. Train on more "
+            "cells (a useful model needs hundreds), or raise train_size."
+        )

@@ -56,6 +56,14 @@ def _batch_in_modality(mdata):
     return mdata, {"batch_key": "donor"}
 
 
+def _duplicated_names(mdata):
+    names = list(mdata.obs_names)
+    names[7] = names[3]
+    rna, atac = mdata["rna"].copy(), mdata["atac"].copy()
+    rna.obs_names, atac.obs_names = names, names
+    return md.MuData({"rna": rna, "atac": atac}), {}
+
+
 # (name, corruption, exception, message shown to the user)
 SETUP_ERRORS = [
     ("AnnData instead of MuData", lambda m: (m["rna"], {}), TypeError, "expects a MuData object, got AnnData"),
@@ -76,6 +84,7 @@ SETUP_ERRORS = [
     ("batch key with gaps", _batch_nan, ValueError, "has missing values"),
     ("covariates as a string", lambda m: (m, {"categorical_covariate_keys": "batch"}), TypeError, "list of column"),
     ("a view", lambda m: (m[:50], {}), ValueError, "The MuData is a view"),
+    ("duplicated cell names", _duplicated_names, ValueError, "1 cell names appear more than once in the MuData"),
 ]
 
 
@@ -108,6 +117,32 @@ def test_setup_warns_on_non_integer_counts_and_empty_features(small_mdata):
     mdata["rna"].X = x.tocsr()
     with pytest.warns(UserWarning, match=r"1 features of mdata\['rna'\]\.X have no counts in any cell"):
         SCMVP.setup_mudata(mdata)
+
+
+def test_backed_mudata_gets_a_message_how_to_load_it(small_mdata, tmp_path):
+    path = tmp_path / "paired.h5mu"
+    small_mdata.write(path)
+    backed = md.read_h5mu(path, backed=True)
+    with pytest.raises(ValueError, match=r"opened in backed mode .* mdata = mudata.read_h5mu\(path\)"):
+        SCMVP.setup_mudata(backed)
+    assert backed.isbacked and "_scvi_uuid" not in backed.uns
+    in_memory = md.read_h5mu(path)  # what the message says to do works, and the file is unchanged
+    SCMVP.setup_mudata(in_memory)
+    np.testing.assert_array_equal(in_memory["atac"].X.toarray(), small_mdata["atac"].X.toarray())
+
+
+@pytest.mark.filterwarnings("ignore:.*have no counts in any cell")
+@pytest.mark.parametrize(("n_cells", "train_size"), [(1, None), (2, None), (3, 0.3)])
+def test_too_few_cells_to_train_get_a_clear_error_before_training(small_mdata, n_cells, train_size):
+    mdata = small_mdata[:n_cells].copy()
+    before = mdata.copy()
+    SCMVP.setup_mudata(mdata)
+    model = SCMVP(mdata, n_centroids=1)
+    with pytest.raises(ValueError, match=rf"cannot train on {n_cells} cells \(\d in the training split\)"):
+        model.train(max_epochs=1, pretrain_epochs=1, accelerator="cpu", train_size=train_size)
+    assert not model.is_trained and not bool(model.module.gmm_initialized)
+    for name in before.mod:
+        np.testing.assert_array_equal(mdata[name].X.toarray(), before[name].X.toarray())
 
 
 def test_model_arguments_are_checked_before_training(small_mdata):
