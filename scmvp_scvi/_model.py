@@ -23,6 +23,7 @@ from scvi.model.base._save_load import _load_saved_files
 
 from ._gmm_init import cluster_statistics, kmeans_labels, leiden_labels
 from ._module import SCMVPModule
+from ._progress import PhaseProgressBar, quiet_lightning
 from ._training_plan import SCMVPTrainingPlan
 from ._validation import (
     check_alignment,
@@ -35,6 +36,8 @@ from ._validation import (
 
 logger = logging.getLogger(__name__)
 
+# what the progress bar of each training phase says
+PHASE_LABELS = {"pretraining": "pretraining", "joint": "joint training"}
 # how the initial mixture components get their variances
 GMM_VARIANCES = ("posterior", "means")
 # inference output holding the posterior of each latent
@@ -375,8 +378,13 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         self.history_, self.is_trained_ = None, False
         # Lightning keeps the train/eval mode it is given, and scvi-tools leaves the module in eval mode
         self.module.train()
+        if kwargs.get("enable_progress_bar", True) and kwargs.get("simple_progress_bar", True):
+            # our bar replaces scvi-tools' anonymous "Epoch x/n" one
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), PhaseProgressBar(PHASE_LABELS[phase])]
+            kwargs["simple_progress_bar"] = False
         try:
-            super().train(**kwargs)
+            with quiet_lightning():
+                super().train(**kwargs)
         finally:
             self.is_trained_ = self.is_trained_ or was_trained
             self.history_ = _merge_history(previous, self.history_, phase)
