@@ -47,7 +47,7 @@ def test_presets_remove_exactly_the_crafted_cells_and_features(preset, removed_p
     mdata = crafted()
     original = mdata.copy()
     with caplog.at_level(logging.INFO, logger="scmvp_scvi"):
-        filtered = pp.filter_paired(mdata, preset, inplace=False)
+        filtered = pp.filter_paired(mdata, preset, copy=True)
     expected_cells = [f"c{k}" for k in range(8, 400)]
     assert list(filtered.obs_names) == expected_cells
     assert list(filtered["rna"].obs_names) == list(filtered["atac"].obs_names) == expected_cells
@@ -65,6 +65,12 @@ def test_presets_remove_exactly_the_crafted_cells_and_features(preset, removed_p
     assert "Removed 8 of 400 cells with fewer than 200 detected genes or 200 open peaks" in messages
     assert "Removed 9 of 230 genes detected in fewer than 10 cells" in messages
     assert f"Removed {len(removed_peaks)} of 404 peaks" in messages
+    # inplace=False: the same decisions as masks over the input, nothing changed
+    masks = pp.filter_paired(mdata, preset, inplace=False)
+    assert list(mdata.obs_names[masks["cells"]]) == expected_cells
+    assert list(mdata["rna"].var_names[masks["genes"]]) == list(filtered["rna"].var_names)
+    assert list(mdata["atac"].var_names[masks["peaks"]]) == list(filtered["atac"].var_names)
+    assert mdata.shape == original.shape
 
 
 def test_filter_paired_inplace_and_overrides():
@@ -78,6 +84,8 @@ def test_filter_paired_inplace_and_overrides():
         pp.filter_paired(mdata, rna="gex")
     with pytest.raises(TypeError, match="MuData"):
         pp.filter_paired(mdata["rna"])
+    with pytest.raises(ValueError, match="Pass one of them"):
+        pp.filter_paired(mdata, "sci-car", inplace=False, copy=True)
 
 
 def test_peak_prevalence_bounds_are_inclusive():
@@ -91,8 +99,9 @@ def test_peak_prevalence_bounds_are_inclusive():
             "atac": _modality(counts, [str(k) for k in range(n)], "peak"),
         }
     )
-    kept = pp.filter_peak_prevalence(mdata, inplace=False)
+    kept = pp.filter_peak_prevalence(mdata, copy=True)
     assert list(kept["atac"].var_names) == ["peak1", "peak2", "peak3"]
+    assert list(pp.filter_peak_prevalence(mdata, inplace=False)) == [False, True, True, True, False]
     assert mdata["atac"].n_vars == 5
     pp.filter_peak_prevalence(mdata, min_fraction=0.05, max_fraction=0.2)
     assert list(mdata["atac"].var_names) == ["peak2", "peak3", "peak4"]
@@ -112,8 +121,12 @@ def test_highly_variable_genes_find_the_varying_genes():
     pp.highly_variable_genes(mdata, n_top_genes=5)
     assert set(mdata["rna"].var_names[mdata["rna"].var["highly_variable"]]) == {f"gene{k}" for k in markers}
     np.testing.assert_array_equal(mdata["rna"].X.toarray(), counts)  # counts untouched
-    subset = pp.highly_variable_genes(mdata, n_top_genes=5, subset=True, inplace=False)
+    subset = pp.highly_variable_genes(mdata, n_top_genes=5, subset=True, copy=True)
     assert subset["rna"].n_vars == 5 and mdata["rna"].n_vars == 200
+    fresh = MuData({"rna": _modality(counts, cells, "gene"), "atac": _modality(counts > 5, cells, "peak")})
+    table = pp.highly_variable_genes(fresh, n_top_genes=5, inplace=False)
+    assert set(table.index[table["highly_variable"]]) == {f"gene{k}" for k in markers}
+    assert "highly_variable" not in fresh["rna"].var  # nothing written
 
 
 def test_top_accessible_peaks():
@@ -125,6 +138,9 @@ def test_top_accessible_peaks():
     pp.top_accessible_peaks(mdata, n_top_peaks=3)
     assert list(mdata["atac"].var["n_cells_open"]) == [3, 10, 1, 10, 7, 0]
     assert list(mdata["atac"].var_names[mdata["atac"].var["top_accessible"]]) == ["peak1", "peak3", "peak4"]
+    table = pp.top_accessible_peaks(mdata, n_top_peaks=2, inplace=False)
+    assert list(table.index[table["top_accessible"]]) == ["peak1", "peak3"]
+    assert mdata["atac"].var["top_accessible"].sum() == 3  # unchanged by inplace=False
     pp.top_accessible_peaks(mdata, n_top_peaks=2, subset=True)
     assert list(mdata["atac"].var_names) == ["peak1", "peak3"]
 
@@ -146,6 +162,10 @@ def test_binarize_and_tfidf_write_layers_and_keep_counts():
     mu.atac.pp.tfidf(reference, scale_factor=1e4)
     np.testing.assert_allclose(atac.layers["tfidf"].toarray(), reference.X.toarray(), rtol=1e-6)
     assert (atac.layers["tfidf"].toarray() > 0).sum() == (counts > 0).sum()
+    binary = pp.binarize(mdata, inplace=False)
+    np.testing.assert_array_equal(binary.toarray(), atac.layers["binary"].toarray())
+    copied = pp.tfidf(mdata, key_added="tfidf2", copy=True)
+    assert "tfidf2" in copied["atac"].layers and "tfidf2" not in atac.layers
     with pytest.raises(ValueError, match="Layer 'raw' not found"):
         pp.binarize(mdata, layer="raw")
     atac.X = sparse.csr_matrix(np.vstack([counts[:3], np.zeros((1, 40)), counts[4:]]))

@@ -58,6 +58,23 @@ def cells_per_feature(counts) -> np.ndarray:
     return np.asarray((counts > 0).sum(axis=0)).ravel()
 
 
+def check_inplace_copy(inplace: bool, copy: bool) -> None:
+    """Raise on the contradictory ``inplace=False, copy=True`` (scanpy's convention for the two)."""
+    if copy and not inplace:
+        raise ValueError(
+            "inplace=False returns the result and changes nothing; copy=True returns a changed copy. Pass one of them."
+        )
+
+
+def _kept(before: MuData, after: MuData, rna: str, atac: str) -> dict[str, np.ndarray]:
+    """Return which cells and features of ``before`` are still in ``after``."""
+    return {
+        "cells": before.obs_names.isin(after.obs_names),
+        "genes": before.mod[rna].var_names.isin(after.mod[rna].var_names),
+        "peaks": before.mod[atac].var_names.isin(after.mod[atac].var_names),
+    }
+
+
 def _filter_var(adata: AnnData, keep: np.ndarray, what: str) -> None:
     removed = int((~keep).sum())
     logger.info("Removed %d of %d %s.", removed, adata.n_vars, what)
@@ -77,7 +94,8 @@ def filter_paired(
     rna: str = "rna",
     atac: str = "atac",
     inplace: bool = True,
-) -> MuData | None:
+    copy: bool = False,
+) -> MuData | dict[str, np.ndarray] | None:
     """Keep co-assayed cells and filter cells and features as the scMVP paper did for each protocol.
 
     Steps, in order: keep only cells present in both modalities; remove cells with fewer than ``min_genes``
@@ -100,11 +118,14 @@ def filter_paired(
     rna, atac
         Names of the modalities.
     inplace
-        Filter ``mdata`` itself; otherwise return a filtered copy and leave ``mdata`` unchanged.
+        Filter ``mdata``; with ``False``, return what would be kept and change nothing.
+    copy
+        Filter a copy of ``mdata`` and return it; ``mdata`` is left unchanged.
 
     Returns
     -------
-    The filtered copy when ``inplace=False``, else ``None``.
+    ``None``; with ``inplace=False`` a dict of boolean masks, ``"cells"`` over ``mdata.obs_names``, ``"genes"``
+    and ``"peaks"`` over the features of each modality (``True``: kept); with ``copy=True`` the filtered copy.
     """
     settings = {
         "min_genes": min_genes,
@@ -119,7 +140,9 @@ def filter_paired(
         settings = {key: PRESETS[preset][key] if value is None else value for key, value in settings.items()}
     _modality(mdata, rna, "rna")
     _modality(mdata, atac, "atac")
-    if not inplace:
+    check_inplace_copy(inplace, copy)
+    original = mdata
+    if copy or not inplace:
         mdata = mdata.copy()
 
     paired = mdata.mod[rna].obs_names.intersection(mdata.mod[atac].obs_names, sort=False)
@@ -159,7 +182,9 @@ def filter_paired(
         bounds = [f"fewer than {low}" if low is not None else "", f"more than {high}" if high is not None else ""]
         _filter_var(peaks, keep_peaks, f"peaks open in {' or '.join(b for b in bounds if b)} cells")
     mdata.update()
-    return None if inplace else mdata
+    if not inplace:
+        return _kept(original, mdata, rna, atac)
+    return mdata if copy else None
 
 
 def filter_peak_prevalence(
@@ -168,7 +193,8 @@ def filter_peak_prevalence(
     max_fraction: float = 0.1,
     atac: str = "atac",
     inplace: bool = True,
-) -> MuData | None:
+    copy: bool = False,
+) -> MuData | np.ndarray | None:
     """Keep peaks open in at least ``min_fraction`` and at most ``max_fraction`` of the cells.
 
     The reference implementation's peak filter (0.1% to 10% of cells): rare peaks carry little signal and
@@ -183,19 +209,22 @@ def filter_peak_prevalence(
     atac
         Name of the ATAC modality.
     inplace
-        Filter ``mdata`` itself; otherwise return a filtered copy and leave ``mdata`` unchanged.
+        Filter ``mdata``; with ``False``, return the boolean mask of the peaks that would be kept and change
+        nothing.
+    copy
+        Filter a copy of ``mdata`` and return it; ``mdata`` is left unchanged.
     """
     if not 0 <= min_fraction <= max_fraction <= 1:
         raise ValueError(f"Need 0 <= min_fraction <= max_fraction <= 1, got {min_fraction} and {max_fraction}.")
     _modality(mdata, atac, "atac")
+    check_inplace_copy(inplace, copy)
+    fraction = cells_per_feature(mdata.mod[atac].X) / mdata.mod[atac].n_obs
+    keep = (fraction >= min_fraction) & (fraction <= max_fraction)
     if not inplace:
-        mdata = mdata.copy()
-    peaks = mdata.mod[atac]
-    fraction = cells_per_feature(peaks.X) / peaks.n_obs
+        return keep
+    mdata = mdata.copy() if copy else mdata
     _filter_var(
-        peaks,
-        (fraction >= min_fraction) & (fraction <= max_fraction),
-        f"peaks open in less than {min_fraction:.2%} or more than {max_fraction:.2%} of cells",
+        mdata.mod[atac], keep, f"peaks open in less than {min_fraction:.2%} or more than {max_fraction:.2%} of cells"
     )
     mdata.update()
-    return None if inplace else mdata
+    return mdata if copy else None
