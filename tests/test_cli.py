@@ -1,9 +1,12 @@
+import argparse
+from pathlib import Path
+
 import mudata as md
 import numpy as np
 import pytest
 
 import scmvp_scvi
-from scmvp_scvi._cli import main
+from scmvp_scvi._cli import _parser, main
 
 QUICK = ["--max-epochs", "2", "--pretrain-epochs", "2", "--quiet", "--accelerator", "cpu"]
 
@@ -130,3 +133,18 @@ def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"scmvp {scmvp_scvi.__version__}"
+
+
+def test_every_option_is_documented_on_the_cli_page():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    options = {
+        option
+        for command in commands.values()
+        for action in command._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+    assert {"--output", "--umap", "--n-cells"} <= options
+    assert not [option for option in sorted(options) if f"`{option}`" not in page]
