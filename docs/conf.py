@@ -1,5 +1,7 @@
 """Sphinx configuration of the scmvp_scvi documentation."""
 
+import inspect
+import os
 import shutil
 from datetime import date
 from importlib import metadata
@@ -18,6 +20,7 @@ extensions = [
     "numpydoc",
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
+    "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "sphinx_copybutton",
@@ -35,9 +38,25 @@ myst_heading_anchors = 3
 
 autosummary_generate = True
 autodoc_member_order = "groupwise"
-autodoc_typehints = "none"  # numpydoc renders the types written in the docstrings
+autodoc_typehints = "signature"  # type hints in the signatures, linked through intersphinx
 numpydoc_show_class_members = False
 numpydoc_xref_param_type = False
+
+intersphinx_mapping = {
+    "python": ("https://docs.python.org/3", None),
+    "numpy": ("https://numpy.org/doc/stable", None),
+    "scipy": ("https://docs.scipy.org/doc/scipy", None),
+    "pandas": ("https://pandas.pydata.org/docs", None),
+    "anndata": ("https://anndata.readthedocs.io/en/stable", None),
+    "mudata": ("https://mudata.readthedocs.io/en/latest", None),
+    "scanpy": ("https://scanpy.readthedocs.io/en/stable", None),
+    "muon": ("https://muon.readthedocs.io/en/latest", None),
+    "scvi": ("https://docs.scvi-tools.org/en/stable", None),
+    "torch": ("https://docs.pytorch.org/docs/stable", None),
+    "lightning": ("https://lightning.ai/docs/pytorch/stable", None),
+}
+if os.environ.get("SCMVP_DOCS_OFFLINE"):  # a machine without internet: the links stay plain text
+    intersphinx_mapping = {}
 
 html_theme = "sphinx_book_theme"
 html_title = "scmvp_scvi"
@@ -51,6 +70,29 @@ def _copy_tutorials(app) -> None:
         shutil.copy2(notebook, target / notebook.name)
 
 
+def _public_path(owner: type) -> str:
+    """``scvi.model.base.BaseModelClass`` for a class defined in ``scvi.model.base._base_model``."""
+    parts = owner.__module__.split(".")
+    first_private = next((i for i, part in enumerate(parts) if part.startswith("_")), len(parts))
+    return ".".join([*parts[:first_private], owner.__qualname__])
+
+
+def _list_inherited_methods(app, what, name, obj, options, lines) -> None:
+    """End the docstring of a package class with links to the public methods it inherits from other packages."""
+    if what != "class" or not name.startswith(f"{project}."):
+        return
+    inherited = []
+    for method, _ in inspect.getmembers(obj, callable):
+        if method.startswith("_") or method in vars(obj):
+            continue
+        owner = next(c for c in obj.__mro__ if method in vars(c))
+        if not owner.__module__.startswith(project):
+            inherited.append(f":meth:`~{_public_path(owner)}.{method}`")
+    if inherited:
+        lines += ["", ".. rubric:: Inherited methods", "", "From the base classes: " + ", ".join(inherited) + "."]
+
+
 def setup(app) -> None:
-    """Copy the tutorials before Sphinx reads the sources."""
+    """Copy the tutorials before Sphinx reads the sources; list inherited methods on class pages."""
     app.connect("builder-inited", _copy_tutorials)
+    app.connect("autodoc-process-docstring", _list_inherited_methods)
