@@ -106,6 +106,17 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
         {**BALANCED_MODEL, "encoder_input": "counts", "balance_target": "prior", "single_modality_weight": 1.0},
         BALANCED_TRAIN,
     ),
+    "balanced_prior_balance_single_reference_weights": (
+        "balanced_prior_balance_single, but weights RNA 3.0 / ATAC 0.1",
+        {
+            **BALANCED_MODEL,
+            "rna_weight": 3.0,
+            "atac_weight": 0.1,
+            "balance_target": "prior",
+            "single_modality_weight": 1.0,
+        },
+        BALANCED_TRAIN,
+    ),
     "balanced_no_cycle": (
         "balanced, without the cycle KL (cycle_kl_weight 0)",
         {**BALANCED_MODEL, "cycle_kl_weight": 0.0},
