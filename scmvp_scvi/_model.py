@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,6 @@ from scvi.data.fields import (
     MuDataLayerField,
 )
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
-from scvi.model.base._save_load import _load_saved_files
 
 from ._gmm_init import cluster_statistics, kmeans_labels, leiden_labels
 from ._module import SCMVPModule
@@ -450,11 +450,12 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         **kwargs
             Passed to :meth:`scvi.model.base.BaseModelClass.load` (``accelerator``, ``device``, ``prefix``).
         """
-        if mdata is not None:
-            attr_dict, var_names, _, _ = _load_saved_files(
-                str(dir_path), load_adata=False, prefix=kwargs.get("prefix"), map_location="cpu"
-            )
-            check_saved_features(mdata, var_names, attr_dict["registry_"]["setup_args"]["modalities"])
+        saved_file = Path(dir_path) / f"{kwargs.get('prefix') or ''}model.pt"
+        if mdata is not None and saved_file.exists():  # a missing file gets scvi-tools' own message below
+            # the file scvi-tools' save writes: a dict with the model's feature names and attributes
+            saved = torch.load(saved_file, map_location="cpu", weights_only=False)
+            modalities = saved["attr_dict"]["registry_"]["setup_args"]["modalities"]
+            check_saved_features(mdata, saved["var_names"], modalities)
         model = super().load(dir_path, adata=mdata, **kwargs)
         model._update_summary()
         return model
