@@ -452,6 +452,7 @@ def write_table(args: argparse.Namespace) -> str:
             *[
                 f"| {title} | " + " | ".join(_cell(by_variant[v], paths) for v in variants) + " |"
                 for title, paths in ROWS
+                if any(_get(r, paths[0]) is not None for v in variants for r in by_variant[v])  # rows no run has
             ],
             "",
         ]
