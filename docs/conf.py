@@ -27,8 +27,15 @@ extensions = [
 ]
 # .rst first: autosummary writes rst
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
-# ablation_table.md is written by benchmarks/ablation.py and included by ablation.md
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "tutorials/*_model", "tutorials/*.h5mu", "ablation_table.md"]
+# the tables written by benchmarks/ablation.py and joint_screen.py are included by ablation.md
+exclude_patterns = [
+    "_build",
+    "**.ipynb_checkpoints",
+    "tutorials/*_model",
+    "tutorials/*.h5mu",
+    "ablation_table.md",
+    "screen_table.md",
+]
 templates_path = ["_templates"]
 
 # the notebooks are committed with their outputs and executed by the test workflow, not by the docs build
