@@ -46,6 +46,12 @@ SCREENS: dict[str, tuple[str, dict, dict, set]] = {
     "nocycle": ("no cycle KL (cycle KL weight 0)", {"cycle_kl": 0.0}, JOINT, set()),
     "nocycle_nocluster": ("neither cycle KL nor cluster terms", {"cycle_kl": 0.0, "cluster": 0.0}, JOINT, set()),
     "joint_atac01": ("ATAC reconstruction weight 0.1 in joint training", {"atac": 0.1}, JOINT, set()),
+    "joint_atac01_single": (
+        "ATAC reconstruction weight 0.1 in joint training, single-modality terms kept",
+        {"atac": 0.1, "single": 1.0},
+        JOINT,
+        set(),
+    ),
     "more_pretraining": ("no switch: the same number of epochs of pretraining instead", {}, {}, {"pretrain"}),
 }
 
@@ -148,12 +154,13 @@ def write_table(results: Path, table: Path) -> str:
     lines = [
         "<!-- written by benchmarks/joint_screen.py; included by ablation.md -->",
         "",
-        "One seed, from the pretrained model of `balanced_prior_balance_single` (seed 0), 15 epochs per screen; "
+        "From the pretrained model of `balanced_prior_balance_single` with the seed given, 15 epochs per screen; "
         "Leiden is the best-NMI clustering over resolutions 0.1-2.0. Produced by:",
         "",
         "```bash",
         "python benchmarks/ablation.py --variants balanced_prior_balance_single --seeds 0 --save-models models",
         "python benchmarks/joint_screen.py models/balanced_prior_balance_single_seed0_pretrained",
+        "# other seeds: --seeds 0 1 2 on the first line, --seed k and the seed-k model on the second",
         "```",
         "",
         "| screen | what it changes | " + " | ".join(title for title, _ in TABLE_ROWS) + " |",
