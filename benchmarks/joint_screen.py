@@ -97,7 +97,8 @@ def run_screen(name: str, args: argparse.Namespace) -> dict:
         model.train(max_epochs=args.epochs, **common, **train_kwargs)
     seconds = time.perf_counter() - start
 
-    result = {"screen": name, "seed": args.seed, "model": str(args.model), "seconds": seconds}
+    # the folder name says which pretrained model; where it lies on this machine does not matter
+    result = {"screen": name, "seed": args.seed, "model": args.model.name, "seconds": seconds}
     result["final"] = _latent_report(model, labels, args.seed)
     if not switches & {"pretrain", "no_training"}:
         clusters = model.get_cluster_assignments(key_added=None)
