@@ -221,6 +221,15 @@ def _imputation(model, mdata, masks) -> dict[str, float]:
     }
 
 
+def _pretrained_imputation(model, mdata, masks) -> dict[str, float]:
+    """Imputation as pretraining trained the decoder: with the just-initialised mixture off, the gate is 0.5."""
+    model.module.gmm_initialized.fill_(False)
+    try:
+        return _imputation(model, mdata, masks)
+    finally:
+        model.module.gmm_initialized.fill_(True)
+
+
 def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
     """Train one variant with one seed and score it after each phase."""
     import scvi
@@ -249,7 +258,7 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
         pretrain_seconds = _pretrain_seconds(source, seed, args)
     load = [os.getloadavg()[0]]  # a load well above the torch threads means another job shared the cores
     pretrained = _latent_report(model, labels, seed)
-    pretrained_imputation = _imputation(model, mdata, masks)
+    pretrained_imputation = _pretrained_imputation(model, mdata, masks)
     if args.save_models:
         model.save(args.save_models / f"{variant}_seed{seed}_pretrained", overwrite=True)
     start = time.perf_counter()

@@ -31,7 +31,12 @@ from ablation import DEFAULT_DATA, _data, _imputation, _latent_report  # noqa: E
 # name -> (what it changes, module weights to set, SCMVP.train arguments, extra switches)
 JOINT = {"n_epochs_kl_warmup": 0, "n_epochs_cluster_warmup": 7, "gmm_variance": "posterior"}
 SCREENS: dict[str, tuple[str, dict, dict, set]] = {
-    "pretrained": ("no further training: the pretrained model itself", {}, {}, {"no_training"}),
+    "pretrained": (
+        "no further training: the pretrained model itself (scored with the gate at 0.5)",
+        {},
+        {},
+        {"no_training"},
+    ),
     "baseline": ("the balanced recipe's joint phase with balance_target='prior'", {}, JOINT, set()),
     "gate_neutral": ("the decoder's cluster gate starts at exactly 0.5 and learns", {}, JOINT, {"gate_neutral"}),
     "gate_frozen": ("the cluster gate stays at 0.5: no cluster gating of the decoder", {}, JOINT, {"gate_frozen"}),
@@ -52,14 +57,34 @@ SCREENS: dict[str, tuple[str, dict, dict, set]] = {
         JOINT,
         set(),
     ),
-    "more_pretraining": ("no switch: the same number of epochs of pretraining instead", {}, {}, {"pretrain"}),
+    "more_pretraining": (
+        "no switch: the same number of epochs of pretraining instead (scored with the gate at 0.5)",
+        {},
+        {},
+        {"pretrain"},
+    ),
 }
+
+
+def _apply_switches(module, switches: set) -> None:
+    """Start the cluster gate neutral or freeze it, or freeze the mixture weights."""
+    import torch
+
+    gate_norm = module.decoder.cluster_attention.layers[3]  # batch norm before the gate's sigmoid
+    with torch.no_grad():
+        if switches & {"gate_neutral", "gate_frozen"}:  # a zero scale gives sigmoid(0) = 0.5 for every cell
+            gate_norm.weight.zero_()
+        if "gate_frozen" in switches:
+            gate_norm.bias.zero_()
+    if "gate_frozen" in switches:
+        module.decoder.cluster_attention.requires_grad_(False)
+    if "freeze_weights" in switches:
+        module.prior.logits.requires_grad_(False)
 
 
 def run_screen(name: str, args: argparse.Namespace) -> dict:
     """Load the pretrained model, change one part, train, and score latents, clusters and imputation."""
     import scvi
-    import torch
 
     import scmvp_scvi
     from scmvp_scvi.metrics import agreement
@@ -73,37 +98,28 @@ def run_screen(name: str, args: argparse.Namespace) -> dict:
     module = model.module
     module.balance_target = "prior"
     module.weights.update({"single": 0.0, **weights})
-    gate_norm = module.decoder.cluster_attention.layers[3]  # batch norm before the gate's sigmoid
-    with torch.no_grad():
-        if switches & {"gate_neutral", "gate_frozen"}:  # a zero scale gives sigmoid(0) = 0.5 for every cell
-            gate_norm.weight.zero_()
-        if "gate_frozen" in switches:
-            gate_norm.bias.zero_()
-    if "gate_frozen" in switches:
-        module.decoder.cluster_attention.requires_grad_(False)
-    if "freeze_weights" in switches:
-        module.prior.logits.requires_grad_(False)
+    _apply_switches(module, switches)
 
     start = time.perf_counter()
     common = {"accelerator": "cpu", "enable_progress_bar": False}
-    if "no_training" in switches:
-        pass
-    elif "pretrain" in switches:
+    if "pretrain" in switches:
         module.gmm_initialized.fill_(False)
-        plan = {"lr": 5e-3, "weight_decay": 1e-6, "eps": 0.01, "n_epochs_kl_warmup": None}
+        plan = {"lr": 5e-3, "weight_decay": 1e-6, "eps": 0.01, "n_epochs_kl_warmup": None}  # SCMVP.train's
         model._train_phase("pretraining", max_epochs=args.epochs, plan_kwargs=plan, **common)
-        module.gmm_initialized.fill_(True)
-    else:
+    elif "no_training" not in switches:
         model.train(max_epochs=args.epochs, **common, **train_kwargs)
     seconds = time.perf_counter() - start
 
     # the folder name says which pretrained model; where it lies on this machine does not matter
     result = {"screen": name, "seed": args.seed, "model": args.model.name, "seconds": seconds}
-    result["final"] = _latent_report(model, labels, args.seed)
-    if not switches & {"pretrain", "no_training"}:
+    if switches & {"pretrain", "no_training"}:
+        # score the pretrained state as pretraining trained it: decoder gate at 0.5, no mixture
+        module.gmm_initialized.fill_(False)
+    else:
         clusters = model.get_cluster_assignments(key_added=None)
         sizes = np.bincount(clusters, minlength=model.n_centroids)
         result["mixture"] = {**agreement(labels, clusters), "n_used": int((sizes > 0).sum())}
+    result["final"] = _latent_report(model, labels, args.seed)
     result["imputation"] = _imputation(model, mdata, masks)
     return result
 

@@ -116,13 +116,12 @@ def check_counts(adata: AnnData, layer: str | None, modality: str) -> None:
 
 def check_alignment(mdata: MuData, modalities: Sequence[str]) -> None:
     """Raise unless cell names are unique and every modality holds exactly ``mdata.obs_names`` in the same order."""
-    for name, names, fix in (
-        ("the MuData", mdata.obs_names, "mdata.obs_names_make_unique()"),
-        *(
-            (f"modality {m!r}", mdata.mod[m].obs_names, f"mdata.mod[{m!r}].obs_names_make_unique(); mdata.update()")
-            for m in modalities
-        ),
-    ):
+    # where cell names live -> (the names, how to make them unique there)
+    places = {"the MuData": (mdata.obs_names, "mdata.obs_names_make_unique()")}
+    for m in modalities:
+        fix = f"mdata.mod[{m!r}].obs_names_make_unique(); mdata.update()"
+        places[f"modality {m!r}"] = (mdata.mod[m].obs_names, fix)
+    for name, (names, fix) in places.items():
         if not names.is_unique:
             repeated = names[names.duplicated()].unique()
             raise ValueError(

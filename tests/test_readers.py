@@ -4,6 +4,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pooch
 import pytest
 from scipy import io, sparse
 
@@ -166,7 +167,7 @@ def test_fetch_caches_and_verifies_checksums(tmp_path):
     source = tmp_path / "remote" / "file.txt"
     source.parent.mkdir()
     source.write_text("peaks")
-    md5 = data._download.md5sum(source)
+    md5 = pooch.file_hash(str(source), alg="md5")
     target = tmp_path / "cache" / "file.txt"
     assert data.fetch(source.as_uri(), target, md5).read_text() == "peaks"
     source.unlink()
@@ -183,7 +184,7 @@ def test_snare_seq_dataset_downloads_verifies_and_reads(tmp_path, monkeypatch):
     remote.mkdir()
     write_snare(remote, CELLS, CELLS)
     for name in data.SNARE_SEQ_CORTEX_FILES:
-        monkeypatch.setitem(data.SNARE_SEQ_CORTEX_FILES, name, data._download.md5sum(remote / name))
+        monkeypatch.setitem(data.SNARE_SEQ_CORTEX_FILES, name, pooch.file_hash(str(remote / name), alg="md5"))
     mdata = data.snare_seq_cortex(cache_dir=tmp_path / "cache", base_url=remote.as_uri() + "/")
     assert mdata.shape == (12, len(GENES) + len(PEAKS))
     assert len(list((tmp_path / "cache").iterdir())) == 6

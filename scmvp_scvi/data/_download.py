@@ -55,11 +55,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SCMVP_CACHE_DIR", Path.home() / ".cache" / "scmvp_scvi"))
 
 
-def md5sum(path: str | Path) -> str:
-    """Return the hex MD5 digest of a file."""
-    return pooch.file_hash(str(path), alg="md5")
-
-
 def _local_path(url: str) -> Path | None:
     """Return the file a ``file://`` URL or a plain path points to; ``None`` for a remote URL."""
     parsed = urlparse(url)
@@ -134,7 +129,7 @@ def snare_cortex(cache_dir: str | Path | None = None, base_url: str | None = Non
     cache_dir
         Folder for the downloaded files; default ``default_cache_dir() / "snare_cortex"``.
     base_url
-        Where the files are: a URL ending in ``/`` or a folder on this machine. Default
+        Where the files are: a URL (of the folder holding them) or a folder on this machine. Default
         ``$SCMVP_SNARE_CORTEX_URL`` if set, else :data:`SNARE_CORTEX_URL`.
 
     Returns
