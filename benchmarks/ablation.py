@@ -101,6 +101,12 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
         {**BALANCED_MODEL, "balance_target": "prior", "single_modality_weight": 1.0},
         BALANCED_TRAIN,
     ),
+    "balanced_prior_balance_single_joint_atac01": (
+        "balanced_prior_balance_single, but ATAC weight 0.1 for the joint posterior's reconstruction in joint "
+        "training (the ATAC-only terms keep weight 1)",
+        {**BALANCED_MODEL, "balance_target": "prior", "single_modality_weight": 1.0, "joint_atac_weight": 0.1},
+        BALANCED_TRAIN,
+    ),
     "balanced_prior_balance_single_counts_input": (
         "balanced_prior_balance_single, but log1p-count encoder inputs",
         {**BALANCED_MODEL, "encoder_input": "counts", "balance_target": "prior", "single_modality_weight": 1.0},
@@ -170,6 +176,7 @@ JOINT_OPTIONS = {
     "cluster_weight": "cluster",
     "cycle_kl_weight": "cycle_kl",
     "single_modality_weight": "single",
+    "joint_atac_weight": "joint_atac",
 }
 
 
@@ -253,7 +260,7 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
         model.train(max_epochs=0, pretrain_epochs=epochs, **common)  # pretraining and mixture initialisation
         pretrain_seconds = time.perf_counter() - start
     else:  # the same pretraining, run by another variant: only the joint-phase options differ
-        model = scmvp_scvi.SCMVP.load(args.from_pretrained / f"{source}_seed{seed}_pretrained", mdata=train)
+        model = scmvp_scvi.SCMVP.load(args.from_pretrained / f"{source}_seed{seed}_pretrained", adata=train)
         _set_joint_options(model, model_kwargs)
         pretrain_seconds = _pretrain_seconds(source, seed, args)
     load = [os.getloadavg()[0]]  # a load well above the torch threads means another job shared the cores

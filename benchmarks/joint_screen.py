@@ -57,6 +57,18 @@ SCREENS: dict[str, tuple[str, dict, dict, set]] = {
         JOINT,
         set(),
     ),
+    "joint_atac01_single_atac1": (
+        "ATAC weight 0.1 for the joint posterior's reconstruction only; the ATAC-only term keeps weight 1",
+        {"atac": 0.1, "single": 1.0},
+        JOINT,
+        {"single_atac_1"},
+    ),
+    "joint_atac03_single": (
+        "ATAC reconstruction weight 0.3 in joint training, single-modality terms kept",
+        {"atac": 0.3, "single": 1.0},
+        JOINT,
+        set(),
+    ),
     "more_pretraining": (
         "no switch: the same number of epochs of pretraining instead (scored with the gate at 0.5)",
         {},
@@ -80,6 +92,17 @@ def _apply_switches(module, switches: set) -> None:
         module.decoder.cluster_attention.requires_grad_(False)
     if "freeze_weights" in switches:
         module.prior.logits.requires_grad_(False)
+    if "single_atac_1" in switches:  # the single-modality terms read their weights from module.weights
+        single_terms = module._single_modality_terms
+
+        def with_atac_weight_1(*args):
+            joint_atac, module.weights["atac"] = module.weights["atac"], 1.0
+            try:
+                return single_terms(*args)
+            finally:
+                module.weights["atac"] = joint_atac
+
+        module._single_modality_terms = with_atac_weight_1
 
 
 def run_screen(name: str, args: argparse.Namespace) -> dict:
@@ -94,7 +117,7 @@ def run_screen(name: str, args: argparse.Namespace) -> dict:
     data_args = argparse.Namespace(data=args.data, n_cells=None, held_out=0.1, label_key="cell_type")
     mdata, train, masks = _data(data_args, args.seed)
     labels = mdata.obs["cell_type"].astype(str).to_numpy()
-    model = scmvp_scvi.SCMVP.load(args.model, mdata=train)
+    model = scmvp_scvi.SCMVP.load(args.model, adata=train)
     module = model.module
     module.balance_target = "prior"
     module.weights.update({"single": 0.0, **weights})

@@ -263,6 +263,11 @@ class GaussianMixturePrior(nn.Module):
         z = z.unsqueeze(-2)
         return -0.5 * (math.log(2 * math.pi) + log_vars + (z - means) ** 2 / log_vars.exp()).sum(-1)
 
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p(z)`` under the mixture, shape ``z.shape[:-1]``."""
+        log_pi = self._mixture(detach=False)[0]
+        return torch.logsumexp(log_pi + self.log_component_densities(z), dim=-1)
+
     def log_responsibilities(self, z: torch.Tensor, detach: bool = False) -> torch.Tensor:
         """``log p(c = k | z)``, normalised with log-softmax (no underflow far from every component)."""
         log_pi = self._mixture(detach)[0]

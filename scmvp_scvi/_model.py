@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,29 @@ def default_epochs(n_cells: int) -> int:
     return int(min(200, max(recipe, math.ceil(1_000 * 64 / max(n_cells, 1)))))
 
 
+def _accepts_mdata(method: Callable) -> Callable:
+    """Let ``method`` also take its data object as ``mdata=`` (the name before 0.2.0), with a FutureWarning.
+
+    The scvi-tools name ``adata`` is used throughout, so that methods inherited from scvi-tools, which pass
+    ``adata=``, reach the overridden ones.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if "mdata" in kwargs:
+            if "adata" in kwargs:
+                raise TypeError(f"{method.__name__}() got both adata and mdata; pass the MuData once, as adata.")
+            warnings.warn(
+                f"{method.__name__}(mdata=...) is deprecated and will be removed; pass the MuData as adata=...",
+                FutureWarning,
+                stacklevel=2,
+            )
+            kwargs["adata"] = kwargs.pop("mdata")
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
     """Single-cell multi-view profiler (scMVP) for paired scRNA-seq and scATAC-seq.
 
@@ -62,9 +87,10 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
     a cycle-consistency head (Li et al., Genome Biology 2022).
 
     Query data with new batches can be mapped onto a trained model with :meth:`load_query_data` (scArches):
-    only the weights of the new batch covariates are trained. The model also has the methods every scvi-tools
-    model has, e.g. ``save``, ``get_elbo``, ``get_reconstruction_error``, ``to_device`` and
-    ``view_anndata_setup``.
+    only the weights of the new batch covariates are trained. :meth:`differential_expression` and
+    :meth:`differential_accessibility` compare groups of cells through the model. The model also has the methods
+    every scvi-tools model has, e.g. ``save``, ``get_elbo``, ``get_marginal_ll``, ``get_reconstruction_error``,
+    ``differential_abundance``, ``to_device`` and ``view_anndata_setup``.
 
     Parameters
     ----------
@@ -91,6 +117,9 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         Weights of the RNA and ATAC reconstruction terms; the defaults (3.0, 0.1) are those of the original scMVP.
         (1.0, 1.0) gives the evidence lower bound, in which the ATAC encoder learns far more (see the ablation
         page for what that changes).
+    joint_atac_weight
+        Weight of the ATAC reconstruction from the joint posterior in joint training only (default ``None``:
+        ``atac_weight``); the ATAC-only terms keep ``atac_weight``.
     cluster_weight, joint_kl_weight, cycle_kl_weight
         Weights of the cluster terms and of the joint and cycle KL terms (0.5, 0.1, 0.1, as in the original).
     encoder_input
@@ -131,6 +160,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         encode_covariates: bool = True,
         rna_weight: float = 3.0,
         atac_weight: float = 0.1,
+        joint_atac_weight: float | None = None,
         cluster_weight: float = 0.5,
         joint_kl_weight: float = 0.1,
         cycle_kl_weight: float = 0.1,
@@ -170,6 +200,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             encode_covariates=encode_covariates,
             rna_weight=rna_weight,
             atac_weight=atac_weight,
+            joint_atac_weight=joint_atac_weight,
             cluster_weight=cluster_weight,
             joint_kl_weight=joint_kl_weight,
             cycle_kl_weight=cycle_kl_weight,
@@ -193,6 +224,19 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
     def setup_anndata(cls, *args, **kwargs):
         """Not supported: SCMVP needs paired modalities; use :meth:`setup_mudata`."""
         raise NotImplementedError("SCMVP works on paired RNA + ATAC in a MuData; use SCMVP.setup_mudata(mdata).")
+
+    @classmethod
+    def setup_annbatch(cls, *args, **kwargs):
+        """Not supported: SCMVP reads both modalities of a MuData; use :meth:`setup_mudata`."""
+        raise NotImplementedError(
+            "SCMVP reads paired RNA + ATAC from a MuData, not from an annbatch collection; use "
+            "SCMVP.setup_mudata(mdata)."
+        )
+
+    @classmethod
+    def prepare_query_anndata(cls, *args, **kwargs):
+        """Not supported: query data for SCMVP is a MuData; use :meth:`prepare_query_mudata`."""
+        raise NotImplementedError("SCMVP maps MuData queries; use SCMVP.prepare_query_mudata(mdata, reference_model).")
 
     @classmethod
     def setup_mudata(
@@ -437,26 +481,27 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         return labels
 
     @classmethod
-    def load(cls, dir_path: str, mdata: MuData | None = None, **kwargs) -> SCMVP:
+    @_accepts_mdata
+    def load(cls, dir_path: str, adata: MuData | None = None, **kwargs) -> SCMVP:
         """Load a model saved with :meth:`save`.
 
         Parameters
         ----------
         dir_path
             Directory the model was saved to.
-        mdata
+        adata
             MuData to attach (same modalities and features as at training); default: the one saved with the
             model (``save(..., save_anndata=True)``).
         **kwargs
             Passed to :meth:`scvi.model.base.BaseModelClass.load` (``accelerator``, ``device``, ``prefix``).
         """
         saved_file = Path(dir_path) / f"{kwargs.get('prefix') or ''}model.pt"
-        if mdata is not None and saved_file.exists():  # a missing file gets scvi-tools' own message below
+        if adata is not None and saved_file.exists():  # a missing file gets scvi-tools' own message below
             # the file scvi-tools' save writes: a dict with the model's feature names and attributes
             saved = torch.load(saved_file, map_location="cpu", weights_only=False)
             modalities = saved["attr_dict"]["registry_"]["setup_args"]["modalities"]
-            check_saved_features(mdata, saved["var_names"], modalities)
-        model = super().load(dir_path, adata=mdata, **kwargs)
+            check_saved_features(adata, saved["var_names"], modalities)
+        model = super().load(dir_path, adata=adata, **kwargs)
         model._update_summary()
         return model
 
@@ -485,18 +530,29 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
 
     def _batches(
         self,
-        mdata: MuData | None,
+        adata: MuData | None,
         indices: Sequence[int] | None,
         batch_size: int | None,
         use_mean: bool = True,
         transform_batch: str | int | None = None,
         decode: bool = True,
         single_modalities: bool = False,
+        dataloader: Iterable[dict[str, torch.Tensor]] | None = None,
+        **data_loader_kwargs,
     ) -> Iterator[tuple[dict, dict | None]]:
-        """Yield ``(inference outputs, generative outputs)`` per minibatch, in cell order."""
-        mdata = self._validate_anndata(mdata)
+        """Yield ``(inference outputs, generative outputs)`` per minibatch, in cell order.
+
+        The minibatches come from ``dataloader`` when given (scvi-tools' inference data loaders), else from the
+        cells ``indices`` of ``adata``.
+        """
         batch_code = self._batch_code(transform_batch)
-        loader = self._make_data_loader(adata=mdata, indices=indices, batch_size=batch_size)
+        if dataloader is None:
+            adata = self._validate_anndata(adata)
+            loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size, **data_loader_kwargs)
+        elif adata is not None or indices is not None:
+            raise ValueError("Pass either a dataloader or adata/indices, not both: the dataloader chooses the cells.")
+        else:
+            loader = dataloader
         was_training = self.module.training
         self.module.eval()
         try:
@@ -521,96 +577,133 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             raise ValueError(f"transform_batch {transform_batch!r} is not a registered batch; choose from {mapping}.")
         return mapping.index(transform_batch)
 
-    def _n_cells(self, mdata: MuData | None, indices: Sequence[int] | None) -> int:
-        return len(indices) if indices is not None else self._validate_anndata(mdata).n_obs
+    def _n_cells(self, adata: MuData | None, indices: Sequence[int] | None) -> int:
+        return len(indices) if indices is not None else self._validate_anndata(adata).n_obs
 
     def _fill(
-        self, mdata, indices, batch_size, outputs: dict[str, tuple[int, Callable]], **kwargs
+        self, adata, indices, batch_size, outputs: dict[str, tuple[int, Callable]], **kwargs
     ) -> dict[str, np.ndarray]:
-        """Compute several per-minibatch outputs in one pass, each into a preallocated float32 array.
+        """Compute several per-minibatch outputs in one pass, each into a float32 array.
 
         ``outputs`` maps a name to ``(n_features, compute)``, where ``compute(inference, generative)`` returns
-        the minibatch's rows.
+        the minibatch's rows. The arrays are preallocated when the number of cells is known (not for a
+        ``dataloader=`` in ``kwargs``), so that no second copy of a large output is ever held.
         """
-        n_cells = self._n_cells(mdata, indices)
+        if kwargs.get("dataloader") is not None:
+            chunks = {name: [] for name in outputs}
+            for inference_outputs, generative_outputs in self._batches(adata, indices, batch_size, **kwargs):
+                for name, (_, compute) in outputs.items():
+                    chunks[name].append(compute(inference_outputs, generative_outputs).detach().cpu().numpy())
+            return {
+                name: np.concatenate(chunks[name]).astype(np.float32, copy=False)
+                if chunks[name]
+                else np.empty((0, n), dtype=np.float32)
+                for name, (n, _) in outputs.items()
+            }
+        n_cells = self._n_cells(adata, indices)
         arrays = {name: np.empty((n_cells, n), dtype=np.float32) for name, (n, _) in outputs.items()}
         start = 0
-        for inference_outputs, generative_outputs in self._batches(mdata, indices, batch_size, **kwargs):
+        for inference_outputs, generative_outputs in self._batches(adata, indices, batch_size, **kwargs):
             for name, (_, compute) in outputs.items():
                 chunk = compute(inference_outputs, generative_outputs).detach().cpu().numpy()
                 arrays[name][start : start + len(chunk)] = chunk
             start += len(chunk)
         return arrays
 
-    def _latent(self, mdata, indices, batch_size, modality: str, give_mean: bool = True) -> np.ndarray:
-        """Posterior means (or one sample per cell) of a latent, without writing anything."""
+    def _latent(
+        self, adata, indices, batch_size, modality: str, give_mean: bool = True, return_dist: bool = False, **kwargs
+    ) -> dict[str, np.ndarray]:
+        """Posterior means (or one sample per cell), and variances with ``return_dist``, without writing anything."""
         if modality not in POSTERIORS:
             raise ValueError(f"modality must be one of {tuple(POSTERIORS)}, got {modality!r}.")
         key = POSTERIORS[modality]
+        n_latent = self.module.n_latent
+        if return_dist:
+            outputs = {
+                "mean": (n_latent, lambda inf, gen: inf[key].loc),
+                "variance": (n_latent, lambda inf, gen: inf[key].scale.square()),
+            }
+        else:
+            outputs = {"mean": (n_latent, lambda inf, gen: inf[key].loc if give_mean else inf[key].sample())}
+        kwargs.update(decode=False, single_modalities=modality != "joint")
+        return self._fill(adata, indices, batch_size, outputs, **kwargs)
 
-        def compute(inf, gen):
-            return inf[key].loc if give_mean else inf[key].sample()
-
-        outputs = {"latent": (self.module.n_latent, compute)}
-        kwargs = {"decode": False, "single_modalities": modality != "joint"}
-        return self._fill(mdata, indices, batch_size, outputs, **kwargs)["latent"]
-
-    def _target(self, mdata: MuData | None) -> MuData:
-        return self.adata if mdata is None else mdata
+    def _target(self, adata: MuData | None) -> MuData:
+        return self.adata if adata is None else adata
 
     # ------------------------------------------------------------------ outputs
+    @_accepts_mdata
     @torch.inference_mode()
     def get_latent_representation(
         self,
-        mdata: MuData | None = None,
-        modality: str = "joint",
+        adata: MuData | None = None,
         indices: Sequence[int] | None = None,
         give_mean: bool = True,
+        mc_samples: int = 5_000,
         batch_size: int | None = None,
+        return_dist: bool = False,
+        dataloader: Iterable[dict[str, torch.Tensor]] | None = None,
+        *,
+        modality: str = "joint",
         key_added: str | None = "X_scmvp",
-    ) -> np.ndarray:
+        **data_loader_kwargs,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Latent representation of each cell.
 
         Parameters
         ----------
-        mdata
+        adata
             MuData to embed (default: the one the model was set up with); must have the same modalities and
             features.
-        modality
-            ``"joint"`` (the scMVP latent), ``"rna"`` or ``"atac"`` (single-modality encoders).
         indices
             Cells to embed (default all). Results are written to the MuData only when all cells are embedded.
         give_mean
             Return posterior means; otherwise one sample per cell.
+        mc_samples
+            Unused: the posteriors are normal, so their means are exact. Kept for scvi-tools compatibility.
         batch_size
             Minibatch size.
+        return_dist
+            Return the means and the variances of the posteriors, ``(means, variances)``, and write nothing.
+        dataloader
+            Minibatches to embed instead of ``adata`` and ``indices`` (an scvi-tools inference data loader, e.g.
+            ``model._make_data_loader(...)``); nothing is written.
+        modality
+            ``"joint"`` (the scMVP latent), ``"rna"`` or ``"atac"`` (single-modality encoders).
         key_added
-            ``mdata.obsm`` key for the result (``"X_scmvp"``; ``"X_scmvp_rna"``/``"X_scmvp_atac"`` for single
-            modalities). ``None`` writes nothing.
+            ``.obsm`` key of the MuData for the result (``"X_scmvp"``; ``"X_scmvp_rna"``/``"X_scmvp_atac"``
+            for single modalities). ``None`` writes nothing.
+        **data_loader_kwargs
+            Passed to the data loader built from ``adata``.
 
         Returns
         -------
-        Array of shape ``(n_cells, n_latent)``.
+        Array of shape ``(n_cells, n_latent)``, or the pair ``(means, variances)`` with ``return_dist=True``.
         """
         self._check_if_trained(warn=False)
-        latent = self._latent(mdata, indices, batch_size, modality, give_mean)
-        if key_added is not None and indices is None:
+        latent = self._latent(
+            adata, indices, batch_size, modality, give_mean, return_dist, dataloader=dataloader, **data_loader_kwargs
+        )
+        if return_dist:
+            return latent["mean"], latent["variance"]
+        if key_added is not None and indices is None and dataloader is None:
             name = key_added if modality == "joint" else f"{key_added}_{modality}"
-            self._target(mdata).obsm[name] = latent
-        return latent
+            self._target(adata).obsm[name] = latent["mean"]
+        return latent["mean"]
 
+    @_accepts_mdata
     @torch.inference_mode()
     def get_cluster_assignments(
         self,
-        mdata: MuData | None = None,
+        adata: MuData | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
         key_added: str | None = "scmvp_cluster",
     ) -> np.ndarray:
         """Mixture component of each cell: the argmax of ``p(c | z)`` at the joint posterior mean.
 
-        Labels go to ``mdata.obs[key_added]`` (categorical) and the probabilities to
-        ``mdata.obsm[key_added + "_probs"]`` when all cells are assigned.
+        Labels go to the MuData's ``.obs[key_added]`` (categorical) and the probabilities to its
+        ``.obsm[key_added + "_probs"]`` when all cells are assigned.
 
         Returns
         -------
@@ -619,19 +712,20 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         self._check_if_trained(warn=False)
         # inference evaluates the responsibilities at the posterior mean
         outputs = {"probs": (self.module.prior.n_components, lambda inf, gen: inf["log_gamma"].exp())}
-        probs = self._fill(mdata, indices, batch_size, outputs, decode=False)["probs"]
+        probs = self._fill(adata, indices, batch_size, outputs, decode=False)["probs"]
         labels = probs.argmax(1)
         if key_added is not None and indices is None:
-            target = self._target(mdata)
+            target = self._target(adata)
             categories = [str(k) for k in range(probs.shape[1])]
             target.obs[key_added] = pd.Categorical([str(k) for k in labels], categories=categories)
             target.obsm[f"{key_added}_probs"] = probs
         return labels
 
+    @_accepts_mdata
     @torch.inference_mode()
     def get_imputed_values(
         self,
-        mdata: MuData | None = None,
+        adata: MuData | None = None,
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
         n_samples: int = 1,
@@ -646,7 +740,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
 
         Parameters
         ----------
-        mdata, indices, batch_size
+        adata, indices, batch_size
             As in :meth:`get_latent_representation`.
         n_samples
             With ``give_mean=False``, average the decoded means over this many posterior samples.
@@ -662,35 +756,31 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         minibatch by minibatch.
         """
         self._check_if_trained(warn=False)
-        bernoulli = self.module.atac_likelihood == "bernoulli"
-
-        def atac_values(gen):
-            return self.module.probability_open(gen["px_atac"]) if bernoulli else gen["px_atac"]["mu"]
-
         draws = 1 if give_mean else n_samples
         if draws < 1:
             raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
         outputs = {
-            "rna": (self.module.n_input_rna, lambda inf, gen: gen["px_rna"]["mu"]),
-            "atac": (self.module.n_input_atac, lambda inf, gen: atac_values(gen)),
+            "rna": (self.module.n_input_rna, lambda inf, gen: gen["px_rna"].denoised()),
+            "atac": (self.module.n_input_atac, lambda inf, gen: gen["px_atac"].denoised()),
         }
         # one pass over the cells per draw decodes both modalities
         rna, atac = None, None
         for _ in range(draws):
-            values = self._fill(mdata, indices, batch_size, outputs, use_mean=give_mean)
+            values = self._fill(adata, indices, batch_size, outputs, use_mean=give_mean)
             rna = values["rna"] if rna is None else rna + values["rna"]
             atac = values["atac"] if atac is None else atac + values["atac"]
         rna, atac = rna / draws, atac / draws
         if layer_key is not None and indices is None:
-            target = self._target(mdata)
+            target = self._target(adata)
             target.mod[self.modality_names["rna"]].layers[layer_key] = rna
             target.mod[self.modality_names["atac"]].layers[layer_key] = atac
         return rna, atac
 
+    @_accepts_mdata
     @torch.inference_mode()
     def get_normalized_expression(
         self,
-        mdata: MuData | None = None,
+        adata: MuData | None = None,
         indices: Sequence[int] | None = None,
         gene_list: Sequence[str] | None = None,
         transform_batch: str | None = None,
@@ -712,20 +802,21 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             Return an array instead of a cells x genes DataFrame.
         """
         self._check_if_trained(warn=False)
-        names = self._target(mdata).mod[self.modality_names["rna"]].var_names
+        names = self._target(adata).mod[self.modality_names["rna"]].var_names
         columns = self._feature_indices(names, gene_list, "gene_list")
-        outputs = {"rho": (len(columns), lambda inf, gen: gen["px_rna"]["rho"][:, columns] * library_size)}
-        values = self._fill(mdata, indices, batch_size, outputs, transform_batch=transform_batch)["rho"]
+        outputs = {"rho": (len(columns), lambda inf, gen: gen["px_rna"].scale[:, columns] * library_size)}
+        values = self._fill(adata, indices, batch_size, outputs, transform_batch=transform_batch)["rho"]
         return (
             values
             if return_numpy
-            else pd.DataFrame(values, index=self._obs_names(mdata, indices), columns=names[columns])
+            else pd.DataFrame(values, index=self._obs_names(adata, indices), columns=names[columns])
         )
 
+    @_accepts_mdata
     @torch.inference_mode()
     def get_normalized_accessibility(
         self,
-        mdata: MuData | None = None,
+        adata: MuData | None = None,
         indices: Sequence[int] | None = None,
         region_list: Sequence[str] | None = None,
         transform_batch: str | None = None,
@@ -750,16 +841,16 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         self._check_if_trained(warn=False)
         if threshold is not None and not 0 <= threshold <= 1:
             raise ValueError(f"threshold must be between 0 and 1, got {threshold}.")
-        names = self._target(mdata).mod[self.modality_names["atac"]].var_names
+        names = self._target(adata).mod[self.modality_names["atac"]].var_names
         columns = self._feature_indices(names, region_list, "region_list")
-        index = self._obs_names(mdata, indices)
-        compute = lambda inf, gen: self.module.probability_open(gen["px_atac"])[:, columns]  # noqa: E731
+        index = self._obs_names(adata, indices)
+        compute = lambda inf, gen: gen["px_atac"].prob_nonzero()[:, columns]  # noqa: E731
         if threshold is None:
             outputs = {"p_open": (len(columns), compute)}
-            values = self._fill(mdata, indices, batch_size, outputs, transform_batch=transform_batch)["p_open"]
+            values = self._fill(adata, indices, batch_size, outputs, transform_batch=transform_batch)["p_open"]
             return values if return_numpy else pd.DataFrame(values, index=index, columns=names[columns])
         chunks = []
-        for inf, gen in self._batches(mdata, indices, batch_size, transform_batch=transform_batch):
+        for inf, gen in self._batches(adata, indices, batch_size, transform_batch=transform_batch):
             chunk = compute(inf, gen).cpu().numpy()
             chunk[chunk < threshold] = 0
             chunks.append(sparse.csr_matrix(chunk))
@@ -768,8 +859,222 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             values if return_numpy else pd.DataFrame.sparse.from_spmatrix(values, index=index, columns=names[columns])
         )
 
-    def _obs_names(self, mdata: MuData | None, indices: Sequence[int] | None) -> pd.Index:
-        names = self._target(mdata).obs_names
+    # ------------------------------------------------------------------ differential testing
+    def _posterior_samples(
+        self,
+        adata: MuData,
+        modality: str,
+        indices: Sequence[int],
+        transform_batch: str | None = None,
+        n_samples_overall: int | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """One posterior draw per cell (of ``n_samples_overall`` cells drawn with replacement, if given).
+
+        RNA: normalised expression ``rho``; ATAC: the probability that each peak is open.
+        """
+        indices = np.asarray(indices)
+        if n_samples_overall is not None:
+            indices = np.sort(np.random.default_rng(settings.seed).choice(indices, n_samples_overall))
+        if modality == "rna":
+            outputs = {"values": (self.module.n_input_rna, lambda inf, gen: gen["px_rna"].scale)}
+        else:
+            outputs = {"values": (self.module.n_input_atac, lambda inf, gen: gen["px_atac"].prob_nonzero())}
+        kwargs = {"use_mean": False, "transform_batch": transform_batch}
+        return self._fill(adata, indices, batch_size, outputs, **kwargs)["values"]
+
+    def _differential(self, modality: str, options: dict, bayes_kwargs: dict) -> pd.DataFrame:
+        """Shared body of the two tests; ``options`` holds the public methods' arguments by name."""
+        from ._differential import atac_statistics, comparisons, differential_test, rna_statistics
+
+        self._check_if_trained(warn=False)
+        o = options
+        batchid1, batchid2, batch_size = o["batchid1"], o["batchid2"], o["batch_size"]
+        adata = self._validate_anndata(o["adata"])
+        # errors on the groups come before any decoding
+        pairs = comparisons(adata.obs, o["groupby"], o["group1"], o["group2"], o["idx1"], o["idx2"])
+        if o["batch_correction"] and (batchid1 is not None or batchid2 is not None):
+            raise ValueError("batchid1/batchid2 choose the batches to decode in; leave batch_correction=False then.")
+        mapping = list(self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping)
+        for ids in (batchid1, batchid2):
+            unknown = [b for b in ids or [] if b not in mapping]
+            if unknown:
+                raise ValueError(f"Batches {unknown} are not registered batches; choose from {mapping}.")
+        layer = self.modality_names[modality]
+        counts = adata.mod[layer].X
+        statistics = None
+        if o["all_stats"]:
+            summarise = rna_statistics if modality == "rna" else atac_statistics
+            statistics = lambda mask1, mask2: summarise(counts, mask1, mask2)  # noqa: E731
+
+        def model_fn(data, indices, transform_batch=None, n_samples_overall=None):
+            return self._posterior_samples(data, modality, indices, transform_batch, n_samples_overall, batch_size)
+
+        def representation_fn(data, indices):
+            return self.get_latent_representation(data, indices=indices, batch_size=batch_size, key_added=None)
+
+        rename = {}
+        if modality == "atac":
+            rename = {"proba_de": "proba_da", "proba_not_de": "proba_not_da", "scale1": "est_prob1"}
+            rename |= {"scale2": "est_prob2", **{f"lfc_{k}": f"effect_{k}" for k in ("mean", "median", "std")}}
+            rename |= {"lfc_min": "effect_min", "lfc_max": "effect_max"}
+        result = differential_test(
+            self.get_anndata_manager(adata, required=True),
+            model_fn,
+            representation_fn,
+            pairs,
+            adata.mod[layer].var_names,
+            statistics,
+            o["mode"],
+            o["fdr_target"],
+            "proba_de" if modality == "rna" else "proba_da",
+            rename,
+            batchid1=batchid1,
+            batchid2=batchid2,
+            use_observed_batches=not o["batch_correction"],
+            **bayes_kwargs,
+        )
+        if modality == "atac":
+            result.insert(result.columns.get_loc("est_prob2") + 1, "effect_size", result.est_prob1 - result.est_prob2)
+        return result
+
+    @_accepts_mdata
+    def differential_expression(
+        self,
+        adata: MuData | None = None,
+        groupby: str | None = None,
+        group1: str | Sequence[str] | None = None,
+        group2: str | None = None,
+        idx1: Sequence[int] | Sequence[bool] | str | None = None,
+        idx2: Sequence[int] | Sequence[bool] | str | None = None,
+        mode: str = "change",
+        delta: float = 0.25,
+        batch_size: int | None = None,
+        all_stats: bool = True,
+        batch_correction: bool = False,
+        batchid1: Sequence[str] | None = None,
+        batchid2: Sequence[str] | None = None,
+        fdr_target: float = 0.05,
+        **kwargs,
+    ) -> pd.DataFrame:
+        r"""Differential expression between groups of cells, from the model's normalised expression.
+
+        Each group's cells are decoded from posterior samples (``n_samples_overall`` draws of cells, 5,000 by
+        default), and scvi-tools' :class:`~scvi.model.base.DifferentialComputation` compares the two groups'
+        expression: in ``"change"`` mode the posterior probability that the log2 fold change exceeds ``delta``
+        in absolute value (Boyeau et al. 2019), in ``"vanilla"`` mode the Bayes factor of higher expression in
+        group 1 (Lopez et al. 2018).
+
+        Parameters
+        ----------
+        adata
+            MuData registered with the model (default: the one the model was set up with).
+        groupby
+            ``obs`` column of the groups, e.g. cell types or ``"scmvp_cluster"`` after
+            :meth:`get_cluster_assignments`.
+        group1
+            Group(s) to test, each against ``group2``; default: every group of ``groupby``.
+        group2
+            Reference group; default: all other cells (``"rest"``).
+        idx1, idx2
+            Instead of ``groupby``: two cell sets (boolean mask, integer positions or a query on ``obs``);
+            ``idx2`` defaults to the other cells.
+        mode
+            ``"change"`` (default) or ``"vanilla"``.
+        delta
+            Smallest absolute log2 fold change that counts as differential (``"change"`` mode).
+        batch_size
+            Minibatch size for decoding.
+        all_stats
+            Add observed statistics of each group: mean counts, fraction of cells expressing, mean counts
+            per 10,000.
+        batch_correction
+            Decode every cell in every registered batch and pool the draws, so that the comparison does not
+            reflect batch composition; otherwise each cell is decoded in its own batch.
+        batchid1, batchid2
+            Decode group 1 (group 2) in these batches only (with ``batch_correction=False``).
+        fdr_target
+            Posterior expected false discovery rate of the ``is_de_fdr_<fdr_target>`` flags (``"change"``
+            mode).
+        **kwargs
+            Passed to :meth:`~scvi.model.base.DifferentialComputation.get_bayes_factors`, e.g.
+            ``n_samples_overall``, ``pseudocounts``, ``use_permutation``, ``filter_outlier_cells``.
+
+        Returns
+        -------
+        One row per gene and comparison: ``proba_de``, ``proba_not_de``, ``bayes_factor``, ``scale1``,
+        ``scale2`` (mean normalised expression), ``lfc_mean``/``median``/``std``/``min``/``max``, the FDR flag
+        and, with ``all_stats``, the observed statistics; ``comparison``, ``group1`` and ``group2`` name the
+        comparison when groups come from ``groupby``. Sorted by ``proba_de`` (``"bayes_factor"`` in vanilla
+        mode) within each comparison.
+        """
+        return self._differential("rna", _arguments(locals()), {"delta": delta, **kwargs})
+
+    @_accepts_mdata
+    def differential_accessibility(
+        self,
+        adata: MuData | None = None,
+        groupby: str | None = None,
+        group1: str | Sequence[str] | None = None,
+        group2: str | None = None,
+        idx1: Sequence[int] | Sequence[bool] | str | None = None,
+        idx2: Sequence[int] | Sequence[bool] | str | None = None,
+        mode: str = "change",
+        delta: float = 0.05,
+        two_sided: bool = True,
+        batch_size: int | None = None,
+        all_stats: bool = True,
+        batch_correction: bool = False,
+        batchid1: Sequence[str] | None = None,
+        batchid2: Sequence[str] | None = None,
+        fdr_target: float = 0.05,
+        **kwargs,
+    ) -> pd.DataFrame:
+        """Differential accessibility between groups of cells, from the model's probability that a peak is open.
+
+        The effect is the difference of the two groups' probabilities of an open peak (what
+        :meth:`get_normalized_accessibility` returns), sampled from the posterior; in ``"change"`` mode a peak is
+        differential with the posterior probability that the difference exceeds ``delta`` (in absolute value
+        with ``two_sided``, else in favour of group 1).
+
+        Parameters
+        ----------
+        adata, groupby, group1, group2, idx1, idx2, mode, batch_size, batch_correction, batchid1, batchid2
+            As in :meth:`differential_expression`.
+        delta
+            Smallest difference of open probabilities that counts as differential.
+        two_sided
+            Test for a change in either direction (default) or only for more accessible in group 1.
+        all_stats
+            Add the observed fraction of cells with the peak open in each group (``emp_prob1``,
+            ``emp_prob2``) and its difference (``emp_effect``).
+        fdr_target
+            Posterior expected false discovery rate of the ``is_da_fdr_<fdr_target>`` flags.
+        **kwargs
+            Passed to :meth:`~scvi.model.base.DifferentialComputation.get_bayes_factors`.
+
+        Returns
+        -------
+        One row per peak and comparison: ``proba_da``, ``proba_not_da``, ``bayes_factor``, ``est_prob1``,
+        ``est_prob2`` (mean open probabilities), ``effect_size`` (their difference), ``effect_mean``/``median``/
+        ``std``/``min``/``max`` of the sampled difference, the FDR flag, the observed statistics and the
+        comparison's names, sorted by ``proba_da`` within each comparison.
+        """
+
+        def difference(p1, p2, pseudocounts):
+            return p1 - p2
+
+        def beyond_delta(samples):
+            increase = samples >= delta
+            return increase, samples <= -delta if two_sided else np.zeros_like(increase)
+
+        bayes_kwargs = {"delta": delta, "pseudocounts": 0.0, "test_mode": "two", **kwargs}
+        if mode == "change":
+            bayes_kwargs = {"change_fn": difference, "m1_domain_fn": beyond_delta, **bayes_kwargs}
+        return self._differential("atac", _arguments(locals()), bayes_kwargs)
+
+    def _obs_names(self, adata: MuData | None, indices: Sequence[int] | None) -> pd.Index:
+        names = self._target(adata).obs_names
         return names if indices is None else names[np.asarray(indices)]
 
     @staticmethod
@@ -781,6 +1086,28 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             missing = [s for s, p in zip(subset, positions, strict=True) if p < 0][:5]
             raise ValueError(f"{argument} has names that are not features of the model, e.g. {missing}.")
         return positions
+
+
+# the arguments that differential_expression and differential_accessibility share
+DIFFERENTIAL_ARGUMENTS = (
+    "adata",
+    "groupby",
+    "group1",
+    "group2",
+    "idx1",
+    "idx2",
+    "mode",
+    "all_stats",
+    "batch_correction",
+    "batchid1",
+    "batchid2",
+    "fdr_target",
+    "batch_size",
+)
+
+
+def _arguments(values: dict) -> dict:
+    return {name: values[name] for name in DIFFERENTIAL_ARGUMENTS}
 
 
 def _merge_history(

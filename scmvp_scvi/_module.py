@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from scvi import REGISTRY_KEYS
-from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Distribution, Normal, kl_divergence
 
 from ._components import (
     ATACEncoder,
@@ -18,14 +19,7 @@ from ._components import (
     TwoChannelDecoder,
     rebuild_cluster_attention,
 )
-from ._likelihoods import (
-    ATAC_LIKELIHOODS,
-    RNA_LIKELIHOODS,
-    WITH_DISPERSION,
-    ZERO_INFLATED,
-    log_likelihood,
-    probability_nonzero,
-)
+from ._likelihoods import ATAC_LIKELIHOODS, LIKELIHOODS, RNA_LIKELIHOODS, observation_model
 
 # what the encoders see: log1p of the counts (reference) or of depth-normalised RNA and TF-IDF ATAC
 ENCODER_INPUTS = ("counts", "normalized")
@@ -77,6 +71,11 @@ class SCMVPModule(BaseModuleClass):
         Also inject batch and categorical covariates into the encoders (they always enter the decoder).
     rna_weight, atac_weight
         Weights of the two reconstruction terms.
+    joint_atac_weight
+        Weight, in joint training only, of the ATAC reconstruction from the joint posterior; ``None`` (default):
+        ``atac_weight``. The ATAC-only terms keep ``atac_weight``. A lower value keeps the joint latent from
+        fitting cell-specific ATAC noise once the mixture prior is in place, while pretraining (and the
+        single-modality terms) still teach the ATAC encoder at ``atac_weight``.
     cluster_weight
         Weight of the cluster terms (consistency, sharpness, balance).
     joint_kl_weight
@@ -126,6 +125,7 @@ class SCMVPModule(BaseModuleClass):
         encode_covariates: bool = True,
         rna_weight: float = 3.0,
         atac_weight: float = 0.1,
+        joint_atac_weight: float | None = None,
         cluster_weight: float = 0.5,
         joint_kl_weight: float = 0.1,
         cycle_kl_weight: float = 0.1,
@@ -167,6 +167,7 @@ class SCMVPModule(BaseModuleClass):
         self.weights = {
             "rna": rna_weight,
             "atac": atac_weight,
+            "joint_atac": atac_weight if joint_atac_weight is None else joint_atac_weight,
             "cluster": cluster_weight,
             "joint_kl": joint_kl_weight,
             "cycle_kl": cycle_kl_weight,
@@ -192,11 +193,12 @@ class SCMVPModule(BaseModuleClass):
             n_heads,
             n_centroids,
             cat_list,
-            rna_zero_inflation=rna_likelihood in ZERO_INFLATED,
-            atac_zero_inflation=atac_likelihood in ZERO_INFLATED,
+            rna_zero_inflation=LIKELIHOODS[rna_likelihood].zero_inflated,
+            atac_zero_inflation=LIKELIHOODS[atac_likelihood].zero_inflated,
         )
-        self.rna_log_theta = nn.Parameter(torch.randn(n_input_rna)) if rna_likelihood in WITH_DISPERSION else None
-        self.atac_log_theta = nn.Parameter(torch.randn(n_input_atac)) if atac_likelihood in WITH_DISPERSION else None
+        dispersion = {name: LIKELIHOODS[name].dispersion for name in (rna_likelihood, atac_likelihood)}
+        self.rna_log_theta = nn.Parameter(torch.randn(n_input_rna)) if dispersion[rna_likelihood] else None
+        self.atac_log_theta = nn.Parameter(torch.randn(n_input_atac)) if dispersion[atac_likelihood] else None
         self.register_buffer("gmm_initialized", torch.tensor(False))
 
     # ------------------------------------------------------------------ mixture prior
@@ -298,15 +300,15 @@ class SCMVPModule(BaseModuleClass):
             "log_gamma": log_gamma,
         }
 
-    def _decode_rna(self, z, gate, library, covariates) -> dict[str, torch.Tensor | None]:
+    def _decode_rna(self, z, gate, library, covariates) -> Distribution:
         rho, zi_logits = self.decoder.rna(z, gate, *covariates)
         theta = self.rna_log_theta.exp() if self.rna_log_theta is not None else None
-        return {"rho": rho, "mu": torch.exp(library) * rho, "theta": theta, "zi_logits": zi_logits}
+        return observation_model(self.rna_likelihood, torch.exp(library) * rho, theta, zi_logits, scale=rho)
 
-    def _decode_atac(self, z, gate, library, covariates) -> dict[str, torch.Tensor | None]:
+    def _decode_atac(self, z, gate, library, covariates) -> Distribution:
         alpha, zi_logits = self.decoder.atac(z, gate, *covariates)
         theta = self.atac_log_theta.exp() if self.atac_log_theta is not None else None
-        return {"alpha": alpha, "mu": torch.exp(library) * alpha, "theta": theta, "zi_logits": zi_logits}
+        return observation_model(self.atac_likelihood, torch.exp(library) * alpha, theta, zi_logits, scale=alpha)
 
     @auto_move_data
     def generative(
@@ -317,8 +319,12 @@ class SCMVPModule(BaseModuleClass):
         log_gamma: torch.Tensor | None,
         batch_index: torch.Tensor,
         cat_covs: torch.Tensor | None = None,
-    ) -> dict[str, dict[str, torch.Tensor | None] | torch.Tensor]:
-        """Decode latent ``z`` into the parameters of both observation models."""
+    ) -> dict[str, Distribution | torch.Tensor]:
+        """Decode latent ``z`` into the observation models of both modalities (``px_rna``, ``px_atac``).
+
+        Each is a distribution (see ``scmvp_scvi._likelihoods``) with the decoded mean ``mu``, the normalised mean
+        ``scale`` (``rho`` for genes, ``alpha`` for peaks), ``log_prob``, ``prob_nonzero`` and ``denoised``.
+        """
         covariates = self._covariates(batch_index, cat_covs)
         gate = self.decoder.gate(None if log_gamma is None else log_gamma.exp(), z.shape[0])
         return {
@@ -327,13 +333,15 @@ class SCMVPModule(BaseModuleClass):
             "gate": gate,
         }
 
-    def _nll(self, modality: str, x: torch.Tensor, params: dict[str, torch.Tensor | None]) -> torch.Tensor:
-        likelihood = self.rna_likelihood if modality == "rna" else self.atac_likelihood
-        return -log_likelihood(likelihood, x, params["mu"], params["theta"], params["zi_logits"])
+    @staticmethod
+    def _nll(x: torch.Tensor, px: Distribution) -> torch.Tensor:
+        """Per-cell negative log-likelihood of counts ``x``."""
+        return -px.log_prob(x).sum(-1)
 
-    def probability_open(self, px_atac: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    @staticmethod
+    def probability_open(px_atac: Distribution) -> torch.Tensor:
         """Probability that each peak is open (observed non-zero) under the ATAC observation model."""
-        return probability_nonzero(self.atac_likelihood, px_atac["mu"], px_atac["theta"], px_atac["zi_logits"])
+        return px_atac.prob_nonzero()
 
     def loss(
         self,
@@ -352,18 +360,20 @@ class SCMVPModule(BaseModuleClass):
         """
         x_rna, x_atac = tensors[REGISTRY_KEYS.X_KEY], tensors[REGISTRY_KEYS.ATAC_X_KEY]
         w = self.weights
-        nll_rna = self._nll("rna", x_rna, generative_outputs["px_rna"])
-        nll_atac = self._nll("atac", x_atac, generative_outputs["px_atac"])
+        nll_rna = self._nll(x_rna, generative_outputs["px_rna"])
+        nll_atac = self._nll(x_atac, generative_outputs["px_atac"])
         qz, qz_rna, qz_atac = inference_outputs["qz"], inference_outputs["qz_rna"], inference_outputs["qz_atac"]
         q_fused = self.fusion(qz_rna, qz_atac)
         kl_joint = kl_divergence(qz, q_fused).sum(-1)
         if bool(self.gmm_initialized):
             total, kl_prior, extra = self._joint_terms(tensors, inference_outputs, generative_outputs, q_fused)
             total = cluster_warmup * total
+            atac_weight = w["joint_atac"]
         else:
             total, kl_prior, extra = self._pretraining_terms(tensors, inference_outputs)
+            atac_weight = w["atac"]
         kl_total = kl_prior + extra.pop("_kl_aux") + w["joint_kl"] * kl_joint
-        loss = w["rna"] * nll_rna + w["atac"] * nll_atac + total + kl_weight * kl_total
+        loss = w["rna"] * nll_rna + atac_weight * nll_atac + total + kl_weight * kl_total
         metrics = {
             "nll_rna": nll_rna.mean(),
             "nll_atac": nll_atac.mean(),
@@ -404,8 +414,8 @@ class SCMVPModule(BaseModuleClass):
         gate = self.decoder.gate(None, z_rna.shape[0])
         px_rna = self._decode_rna(z_rna, gate, inference_outputs["library_rna"], covariates)
         px_atac = self._decode_atac(z_atac, gate, inference_outputs["library_atac"], covariates)
-        nll_rna_single = self._nll("rna", tensors[REGISTRY_KEYS.X_KEY], px_rna)
-        nll_atac_single = self._nll("atac", tensors[REGISTRY_KEYS.ATAC_X_KEY], px_atac)
+        nll_rna_single = self._nll(tensors[REGISTRY_KEYS.X_KEY], px_rna)
+        nll_atac_single = self._nll(tensors[REGISTRY_KEYS.ATAC_X_KEY], px_atac)
         kl_prior = _kl_standard_normal(inference_outputs["qz"])
         kl_single = _kl_standard_normal(inference_outputs["qz_rna"]) + _kl_standard_normal(inference_outputs["qz_atac"])
         total = self.weights["rna"] * nll_rna_single + self.weights["atac"] * nll_atac_single
@@ -420,8 +430,8 @@ class SCMVPModule(BaseModuleClass):
         kl_prior = self.prior.kl_divergence(inference_outputs["qz"], log_gamma)
 
         # cycle: re-encode the decoded means with the single-modality encoders
-        mu_rna = generative_outputs["px_rna"]["mu"]
-        mu_atac = generative_outputs["px_atac"]["mu"]
+        mu_rna = generative_outputs["px_rna"].mu
+        mu_atac = generative_outputs["px_atac"].mu
         q_cycle = self.fusion(
             self.rna_encoder(self._encoder_input(mu_rna, inference_outputs["library_rna"], "rna"), *covariates),
             self.atac_encoder(self._encoder_input(mu_atac, inference_outputs["library_atac"], "atac"), *covariates),
@@ -459,7 +469,7 @@ class SCMVPModule(BaseModuleClass):
             log_gamma = self.prior.log_responsibilities(z, detach=True)
             gate = self.decoder.gate(log_gamma.exp(), z.shape[0])
             params = decode(z, gate, inference_outputs[f"library_{modality}"], covariates)
-            nll = self._nll(modality, tensors[x_key], params)
+            nll = self._nll(tensors[x_key], params)
             total = total + self.weights[modality] * nll
             kl = kl + self.prior.kl_divergence(q, log_gamma, detach=True)
             extra[f"nll_{modality}_single"] = nll
@@ -492,24 +502,34 @@ class SCMVPModule(BaseModuleClass):
         return consistency, sharpness, negative_entropy
 
     @torch.inference_mode()
+    def marginal_ll(
+        self, tensors: dict[str, torch.Tensor], n_mc_samples: int, return_mean: bool = False
+    ) -> torch.Tensor:
+        """Importance-sampled ``log p(x_rna, x_atac)`` of each cell given its observed library sizes.
+
+        The joint posterior is the proposal; the prior is the mixture after joint training, a standard normal
+        before. ``return_mean`` averages over the cells of the minibatch.
+        """
+        if n_mc_samples < 1:
+            raise ValueError(f"n_mc_samples must be at least 1, got {n_mc_samples}.")
+        inference_outputs = self.inference(**self._get_inference_input(tensors), single_modalities=False)
+        generative_inputs = self._get_generative_input(tensors, inference_outputs)
+        qz, mixture = inference_outputs["qz"], bool(self.gmm_initialized)
+        log_weights = []
+        for _ in range(n_mc_samples):
+            z = qz.sample()
+            log_gamma = self.prior.log_responsibilities(z) if mixture else None
+            px = self.generative(**{**generative_inputs, "z": z, "log_gamma": log_gamma})
+            log_px = -self._nll(tensors[REGISTRY_KEYS.X_KEY], px["px_rna"])
+            log_px = log_px - self._nll(tensors[REGISTRY_KEYS.ATAC_X_KEY], px["px_atac"])
+            log_pz = self.prior.log_prob(z) if mixture else Normal(0.0, 1.0).log_prob(z).sum(-1)
+            log_weights.append(log_px + log_pz - qz.log_prob(z).sum(-1))
+        log_likelihood = torch.logsumexp(torch.stack(log_weights), dim=0) - math.log(n_mc_samples)
+        return log_likelihood.mean() if return_mean else log_likelihood
+
+    @torch.inference_mode()
     def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior predictive samples of both modalities, shapes ``(n_samples, n_obs, n_features)``."""
         _, generative_outputs = self.forward(tensors, compute_loss=False)
-        rna = self._sample_counts(self.rna_likelihood, generative_outputs["px_rna"], n_samples)
-        atac = self._sample_counts(self.atac_likelihood, generative_outputs["px_atac"], n_samples)
-        return rna, atac
-
-    @staticmethod
-    def _sample_counts(likelihood: str, params: dict, n_samples: int) -> torch.Tensor:
-        mu, theta, zi = params["mu"], params["theta"], params["zi_logits"]
-        shape = (n_samples,)
-        if likelihood == "nb":
-            return NegativeBinomial(mu=mu, theta=theta).sample(shape)
-        if likelihood == "zinb":
-            return ZeroInflatedNegativeBinomial(mu=mu, theta=theta, zi_logits=zi).sample(shape)
-        counts = torch.distributions.Poisson(mu).sample(shape)
-        if likelihood == "zip":
-            counts = counts * torch.distributions.Bernoulli(logits=-zi).sample(shape)
-        if likelihood == "bernoulli":
-            counts = (counts > 0).float()
-        return counts
+        shape = torch.Size([n_samples])
+        return generative_outputs["px_rna"].sample(shape), generative_outputs["px_atac"].sample(shape)

@@ -271,3 +271,26 @@ def test_cluster_statistics_match_the_posteriors():
     _, spread, _ = cluster_statistics(latent, labels)
     _, matched, _ = cluster_statistics(latent, labels, posterior_variances=posterior_var)
     np.testing.assert_allclose(matched, spread + 0.5)
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb", "poisson", "zip", "bernoulli"])
+def test_each_likelihood_is_one_distribution_object(likelihood):
+    """Sampling, the probability of a non-zero count, the mean and log_prob of one object agree."""
+    from scmvp_scvi._likelihoods import observation_model
+
+    torch.manual_seed(0)
+    mu = torch.tensor([[0.2, 1.5, 6.0]])
+    theta = torch.tensor([0.8, 3.0, 10.0])
+    zi = torch.tensor([[-2.0, 0.0, 1.0]])
+    scale = mu / mu.sum()
+    px = observation_model(likelihood, mu, theta, zi, scale=scale)
+    assert isinstance(px, torch.distributions.Distribution)
+    assert torch.equal(px.mu, mu) and torch.equal(px.scale, scale)
+    draws = px.sample((20_000,))
+    assert draws.shape == (20_000, 1, 3) and (draws >= 0).all()
+    # the observed fraction of non-zero draws is the model's probability of a non-zero count
+    assert torch.allclose((draws > 0).float().mean(0), px.prob_nonzero(), atol=0.015)
+    assert torch.allclose(draws.mean(0), px.mean, rtol=0.05, atol=0.01)
+    # denoised values: the probability of an open peak for Bernoulli, else the count mean before dropout
+    assert torch.equal(px.denoised(), px.prob_nonzero() if likelihood == "bernoulli" else mu)
+    assert torch.allclose(px.log_prob(draws[:5]).sum(-1), log_likelihood(likelihood, draws[:5], mu, theta, zi))

@@ -51,8 +51,9 @@ def synthetic_paired(
 
     Returns
     -------
-    MuData with modalities ``rna`` and ``atac`` (float32 CSR counts in ``.X``) and ``obs`` columns ``cell_type``
-    and ``batch`` (also in each modality's ``obs``).
+    MuData with modalities ``rna`` and ``atac`` (float32 CSR counts in ``.X``), ``obs`` columns ``cell_type``
+    and ``batch`` (also in each modality's ``obs``), and in each modality's ``var`` the column ``marker_of``: the
+    cell type a feature is a planted marker of (empty for the others).
     """
     if min(n_cells, n_genes, n_peaks, n_cell_types, n_batches) < 1:
         raise ValueError("n_cells, n_genes, n_peaks, n_cell_types and n_batches must all be positive.")
@@ -60,16 +61,22 @@ def synthetic_paired(
     cell_type = rng.integers(n_cell_types, size=n_cells)
     batch = rng.integers(n_batches, size=n_cells)
 
-    def programs(n_features: int) -> np.ndarray:
+    markers = {}  # modality -> cell type each feature is a marker of ("" for none)
+
+    def programs(n_features: int, modality: str) -> np.ndarray:
         effects = rng.normal(0.0, 0.2, size=(n_cell_types, n_features))
         per_type = max(1, n_features // (2 * n_cell_types))
         order = rng.permutation(n_features)
+        marker_of = np.full(n_features, "", dtype=object)
         for t in range(n_cell_types):
-            effects[t, order[t * per_type : (t + 1) * per_type]] += marker_effect
+            chosen = order[t * per_type : (t + 1) * per_type]
+            effects[t, chosen] += marker_effect
+            marker_of[chosen] = f"type_{t}"
+        markers[modality] = marker_of
         return effects
 
     # RNA: NB counts around type-specific log-means
-    log_mean = rng.normal(0.0, 1.0, n_genes) + programs(n_genes)[cell_type]
+    log_mean = rng.normal(0.0, 1.0, n_genes) + programs(n_genes, "rna")[cell_type]
     log_mean += rng.normal(0.0, batch_effect, (n_batches, n_genes))[batch] if n_batches > 1 else 0.0
     log_mean += rng.normal(0.0, 0.3, (n_cells, n_genes))
     proportions = np.exp(log_mean - log_mean.max(1, keepdims=True))
@@ -81,7 +88,7 @@ def synthetic_paired(
 
     # ATAC: open/closed peaks driven by type programs and per-cell depth, plus duplicate reads
     logit = np.log(atac_open_fraction / (1 - atac_open_fraction)) + rng.normal(0.0, 0.5, n_peaks)
-    logit = logit + 1.5 * programs(n_peaks)[cell_type]
+    logit = logit + 1.5 * programs(n_peaks, "atac")[cell_type]
     logit += rng.normal(0.0, batch_effect, (n_batches, n_peaks))[batch] if n_batches > 1 else 0.0
     logit += rng.normal(0.0, 0.4, n_cells)[:, None]
     is_open = rng.random((n_cells, n_peaks)) < 1 / (1 + np.exp(-logit))
@@ -102,6 +109,8 @@ def synthetic_paired(
     rna_adata.var_names = [f"gene_{g}" for g in range(n_genes)]
     atac_adata = AnnData(sparse.csr_matrix(atac), obs=obs.copy())
     atac_adata.var_names = [f"peak_{p}" for p in range(n_peaks)]
+    rna_adata.var["marker_of"] = pd.Categorical(markers["rna"])
+    atac_adata.var["marker_of"] = pd.Categorical(markers["atac"])
     mdata = MuData({"rna": rna_adata, "atac": atac_adata})
     for column in obs.columns:
         mdata.obs[column] = obs[column].to_numpy()
