@@ -59,9 +59,9 @@ SCREENS: dict[str, tuple[str, dict, dict, set]] = {
     ),
     "joint_atac01_single_atac1": (
         "ATAC weight 0.1 for the joint posterior's reconstruction only; the ATAC-only term keeps weight 1",
-        {"atac": 0.1, "single": 1.0},
+        {"joint_atac": 0.1, "single": 1.0},
         JOINT,
-        {"single_atac_1"},
+        set(),
     ),
     "joint_atac03_single": (
         "ATAC reconstruction weight 0.3 in joint training, single-modality terms kept",
@@ -92,17 +92,6 @@ def _apply_switches(module, switches: set) -> None:
         module.decoder.cluster_attention.requires_grad_(False)
     if "freeze_weights" in switches:
         module.prior.logits.requires_grad_(False)
-    if "single_atac_1" in switches:  # the single-modality terms read their weights from module.weights
-        single_terms = module._single_modality_terms
-
-        def with_atac_weight_1(*args):
-            joint_atac, module.weights["atac"] = module.weights["atac"], 1.0
-            try:
-                return single_terms(*args)
-            finally:
-                module.weights["atac"] = joint_atac
-
-        module._single_modality_terms = with_atac_weight_1
 
 
 def run_screen(name: str, args: argparse.Namespace) -> dict:

@@ -107,23 +107,34 @@ def _group_means(counts, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, nonzero
 
 
-def rna_statistics(counts, mask1: np.ndarray, mask2: np.ndarray) -> dict[str, np.ndarray]:
-    """Observed per-gene statistics of the two groups: mean counts, fraction expressing, mean counts per 10k."""
+def group_statistics(counts, modality: str) -> Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
+    """Observed per-feature statistics of two groups of cells, as a function of their masks.
+
+    RNA: mean counts, fraction of cells expressing and mean counts per 10,000 (``raw_mean1``,
+    ``non_zeros_proportion1``, ``raw_normalized_mean1``, ... ). ATAC: fraction of cells with the peak open
+    (``emp_prob1``, ``emp_prob2``) and its difference (``emp_effect``). Depth normalisation is done once, not per
+    comparison.
+    """
+    if modality == "atac":
+
+        def atac(mask1: np.ndarray, mask2: np.ndarray) -> dict[str, np.ndarray]:
+            stats = {f"emp_prob{k}": _group_means(counts, mask)[1] for k, mask in ((1, mask1), (2, mask2))}
+            stats["emp_effect"] = stats["emp_prob1"] - stats["emp_prob2"]
+            return stats
+
+        return atac
     totals = np.asarray(counts.sum(axis=1)).ravel()
     scale = 1e4 / np.maximum(totals, 1.0)
     normalized = sparse.diags(scale) @ counts if sparse.issparse(counts) else counts * scale[:, None]
-    stats = {}
-    for k, mask in ((1, mask1), (2, mask2)):
-        stats[f"raw_mean{k}"], stats[f"non_zeros_proportion{k}"] = _group_means(counts, mask)
-        stats[f"raw_normalized_mean{k}"] = _group_means(normalized, mask)[0]
-    return stats
 
+    def rna(mask1: np.ndarray, mask2: np.ndarray) -> dict[str, np.ndarray]:
+        stats = {}
+        for k, mask in ((1, mask1), (2, mask2)):
+            stats[f"raw_mean{k}"], stats[f"non_zeros_proportion{k}"] = _group_means(counts, mask)
+            stats[f"raw_normalized_mean{k}"] = _group_means(normalized, mask)[0]
+        return stats
 
-def atac_statistics(counts, mask1: np.ndarray, mask2: np.ndarray) -> dict[str, np.ndarray]:
-    """Observed fraction of cells with each peak open in the two groups, and its difference."""
-    stats = {f"emp_prob{k}": _group_means(counts, mask)[1] for k, mask in ((1, mask1), (2, mask2))}
-    stats["emp_effect"] = stats["emp_prob1"] - stats["emp_prob2"]
-    return stats
+    return rna
 
 
 def differential_test(

@@ -219,24 +219,3 @@ def observation_model(
         Normalised mean (``mu`` divided by the library size), kept for the outputs.
     """
     return LIKELIHOODS[likelihood].build(mu, theta, zi_logits, scale)
-
-
-def log_likelihood(
-    likelihood: str,
-    x: torch.Tensor,
-    mu: torch.Tensor,
-    theta: torch.Tensor | None = None,
-    zi_logits: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-cell log-likelihood of counts ``x`` (summed over features); see :func:`observation_model`."""
-    return observation_model(likelihood, mu, theta, zi_logits).log_prob(x).sum(-1)
-
-
-def probability_nonzero(
-    likelihood: str,
-    mu: torch.Tensor,
-    theta: torch.Tensor | None = None,
-    zi_logits: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Probability that a feature is observed non-zero (for ATAC: that the peak is open)."""
-    return observation_model(likelihood, mu, theta, zi_logits).prob_nonzero()

@@ -589,25 +589,26 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         the minibatch's rows. The arrays are preallocated when the number of cells is known (not for a
         ``dataloader=`` in ``kwargs``), so that no second copy of a large output is ever held.
         """
-        if kwargs.get("dataloader") is not None:
-            chunks = {name: [] for name in outputs}
-            for inference_outputs, generative_outputs in self._batches(adata, indices, batch_size, **kwargs):
-                for name, (_, compute) in outputs.items():
-                    chunks[name].append(compute(inference_outputs, generative_outputs).detach().cpu().numpy())
-            return {
-                name: np.concatenate(chunks[name]).astype(np.float32, copy=False)
-                if chunks[name]
-                else np.empty((0, n), dtype=np.float32)
-                for name, (n, _) in outputs.items()
-            }
-        n_cells = self._n_cells(adata, indices)
-        arrays = {name: np.empty((n_cells, n), dtype=np.float32) for name, (n, _) in outputs.items()}
+        # a dataloader's cells are known only once it has run: collect its chunks, else write into place
+        n_cells = None if kwargs.get("dataloader") is not None else self._n_cells(adata, indices)
+        arrays = {
+            name: [] if n_cells is None else np.empty((n_cells, n), dtype=np.float32)
+            for name, (n, _) in outputs.items()
+        }
         start = 0
         for inference_outputs, generative_outputs in self._batches(adata, indices, batch_size, **kwargs):
             for name, (_, compute) in outputs.items():
                 chunk = compute(inference_outputs, generative_outputs).detach().cpu().numpy()
-                arrays[name][start : start + len(chunk)] = chunk
+                if n_cells is None:
+                    arrays[name].append(chunk.astype(np.float32, copy=False))
+                else:
+                    arrays[name][start : start + len(chunk)] = chunk
             start += len(chunk)
+        if n_cells is None:
+            arrays = {
+                name: np.concatenate(chunks) if chunks else np.empty((0, outputs[name][0]), dtype=np.float32)
+                for name, chunks in arrays.items()
+            }
         return arrays
 
     def _latent(
@@ -885,7 +886,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
 
     def _differential(self, modality: str, options: dict, bayes_kwargs: dict) -> pd.DataFrame:
         """Shared body of the two tests; ``options`` holds the public methods' arguments by name."""
-        from ._differential import atac_statistics, comparisons, differential_test, rna_statistics
+        from ._differential import comparisons, differential_test, group_statistics
 
         self._check_if_trained(warn=False)
         o = options
@@ -901,11 +902,10 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             if unknown:
                 raise ValueError(f"Batches {unknown} are not registered batches; choose from {mapping}.")
         layer = self.modality_names[modality]
-        counts = adata.mod[layer].X
         statistics = None
-        if o["all_stats"]:
-            summarise = rna_statistics if modality == "rna" else atac_statistics
-            statistics = lambda mask1, mask2: summarise(counts, mask1, mask2)  # noqa: E731
+        if o["all_stats"]:  # the counts the model was set up with, whichever layer holds them
+            key = REGISTRY_KEYS.X_KEY if modality == "rna" else REGISTRY_KEYS.ATAC_X_KEY
+            statistics = group_statistics(self.get_from_registry(adata, key), modality)
 
         def model_fn(data, indices, transform_batch=None, n_samples_overall=None):
             return self._posterior_samples(data, modality, indices, transform_batch, n_samples_overall, batch_size)

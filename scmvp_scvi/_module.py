@@ -167,7 +167,7 @@ class SCMVPModule(BaseModuleClass):
         self.weights = {
             "rna": rna_weight,
             "atac": atac_weight,
-            "joint_atac": atac_weight if joint_atac_weight is None else joint_atac_weight,
+            "joint_atac": joint_atac_weight,  # None: follow "atac"
             "cluster": cluster_weight,
             "joint_kl": joint_kl_weight,
             "cycle_kl": cycle_kl_weight,
@@ -338,11 +338,6 @@ class SCMVPModule(BaseModuleClass):
         """Per-cell negative log-likelihood of counts ``x``."""
         return -px.log_prob(x).sum(-1)
 
-    @staticmethod
-    def probability_open(px_atac: Distribution) -> torch.Tensor:
-        """Probability that each peak is open (observed non-zero) under the ATAC observation model."""
-        return px_atac.prob_nonzero()
-
     def loss(
         self,
         tensors: dict[str, torch.Tensor],
@@ -368,7 +363,7 @@ class SCMVPModule(BaseModuleClass):
         if bool(self.gmm_initialized):
             total, kl_prior, extra = self._joint_terms(tensors, inference_outputs, generative_outputs, q_fused)
             total = cluster_warmup * total
-            atac_weight = w["joint_atac"]
+            atac_weight = w["atac"] if w["joint_atac"] is None else w["joint_atac"]
         else:
             total, kl_prior, extra = self._pretraining_terms(tensors, inference_outputs)
             atac_weight = w["atac"]

@@ -8,7 +8,16 @@ from torch.distributions import Normal
 
 from scmvp_scvi._components import GaussianMixturePrior, HiddenUnitSelfAttention, TwoChannelDecoder
 from scmvp_scvi._gmm_init import cluster_statistics
-from scmvp_scvi._likelihoods import log_likelihood, probability_nonzero
+from scmvp_scvi._likelihoods import observation_model
+
+
+def log_likelihood(likelihood, x, mu, theta=None, zi_logits=None):
+    """Per-cell log-likelihood of ``x`` under the observation model."""
+    return observation_model(likelihood, mu, theta, zi_logits).log_prob(x).sum(-1)
+
+
+def probability_nonzero(likelihood, mu, theta=None, zi_logits=None):
+    return observation_model(likelihood, mu, theta, zi_logits).prob_nonzero()
 
 
 def _prior(k=4, d=3, seed=0):
@@ -276,8 +285,6 @@ def test_cluster_statistics_match_the_posteriors():
 @pytest.mark.parametrize("likelihood", ["nb", "zinb", "poisson", "zip", "bernoulli"])
 def test_each_likelihood_is_one_distribution_object(likelihood):
     """Sampling, the probability of a non-zero count, the mean and log_prob of one object agree."""
-    from scmvp_scvi._likelihoods import observation_model
-
     torch.manual_seed(0)
     mu = torch.tensor([[0.2, 1.5, 6.0]])
     theta = torch.tensor([0.8, 3.0, 10.0])
@@ -294,3 +301,31 @@ def test_each_likelihood_is_one_distribution_object(likelihood):
     # denoised values: the probability of an open peak for Bernoulli, else the count mean before dropout
     assert torch.equal(px.denoised(), px.prob_nonzero() if likelihood == "bernoulli" else mu)
     assert torch.allclose(px.log_prob(draws[:5]).sum(-1), log_likelihood(likelihood, draws[:5], mu, theta, zi))
+
+
+def test_joint_atac_weight_acts_in_joint_training_only():
+    """``joint_atac_weight`` replaces ``atac_weight`` on the joint ATAC term once the mixture is in place."""
+    from scvi import REGISTRY_KEYS
+
+    from scmvp_scvi._module import SCMVPModule
+
+    torch.manual_seed(0)
+    module = SCMVPModule(20, 30, n_latent=4, n_hidden=16, n_heads=4, atac_weight=0.7).eval()
+    tensors = {
+        REGISTRY_KEYS.X_KEY: torch.poisson(torch.full((8, 20), 2.0)),
+        REGISTRY_KEYS.ATAC_X_KEY: (torch.rand(8, 30) < 0.2).float(),
+        REGISTRY_KEYS.BATCH_KEY: torch.zeros(8, 1),
+    }
+
+    def loss_and_nll():
+        torch.manual_seed(1)
+        _, _, losses = module(tensors)
+        return losses.loss, losses.reconstruction_loss["atac"].mean()
+
+    pretraining = loss_and_nll()[0]
+    module.weights["joint_atac"] = 0.0
+    assert torch.equal(loss_and_nll()[0], pretraining)  # pretraining keeps atac_weight
+    module.initialize_gmm(torch.randn(3, 4), torch.ones(3, 4), torch.full((3,), 1 / 3))
+    without, nll_atac = loss_and_nll()
+    module.weights["joint_atac"] = None  # follows atac_weight
+    assert torch.isclose(loss_and_nll()[0] - without, 0.7 * nll_atac, rtol=1e-4)
