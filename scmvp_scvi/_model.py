@@ -921,7 +921,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         result = differential_test(
             self.get_anndata_manager(adata, required=True),
             model_fn,
-            representation_fn,
+            representation_fn if o["filter_outlier_cells"] else None,
             pairs,
             adata.mod[layer].var_names,
             statistics,
@@ -955,6 +955,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         batchid1: Sequence[str] | None = None,
         batchid2: Sequence[str] | None = None,
         fdr_target: float = 0.05,
+        filter_outlier_cells: bool = False,
         **kwargs,
     ) -> pd.DataFrame:
         r"""Differential expression between groups of cells, from the model's normalised expression.
@@ -996,9 +997,13 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         fdr_target
             Posterior expected false discovery rate of the ``is_de_fdr_<fdr_target>`` flags (``"change"``
             mode).
+        filter_outlier_cells
+            Leave out the cells of each group that are outliers of the group in the joint latent space
+            (:meth:`~scvi.model.base.DifferentialComputation.filter_outlier_cells`; encodes both groups once
+            more per comparison).
         **kwargs
             Passed to :meth:`~scvi.model.base.DifferentialComputation.get_bayes_factors`, e.g.
-            ``n_samples_overall``, ``pseudocounts``, ``use_permutation``, ``filter_outlier_cells``.
+            ``n_samples_overall``, ``pseudocounts``, ``use_permutation``.
 
         Returns
         -------
@@ -1028,6 +1033,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         batchid1: Sequence[str] | None = None,
         batchid2: Sequence[str] | None = None,
         fdr_target: float = 0.05,
+        filter_outlier_cells: bool = False,
         **kwargs,
     ) -> pd.DataFrame:
         """Differential accessibility between groups of cells, from the model's probability that a peak is open.
@@ -1040,6 +1046,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         Parameters
         ----------
         adata, groupby, group1, group2, idx1, idx2, mode, batch_size, batch_correction, batchid1, batchid2
+            As in :meth:`differential_expression`.
+        filter_outlier_cells
             As in :meth:`differential_expression`.
         delta
             Smallest difference of open probabilities that counts as differential.
@@ -1103,6 +1111,7 @@ DIFFERENTIAL_ARGUMENTS = (
     "batchid2",
     "fdr_target",
     "batch_size",
+    "filter_outlier_cells",
 )
 
 

@@ -303,6 +303,20 @@ def test_differential_between_explicit_cell_sets_and_vanilla_mode(demo_data_and_
     assert truth[top].mean() >= 0.8
 
 
+def test_differential_filters_outlier_cells_only_when_asked(demo_data_and_model, monkeypatch):
+    mdata, model = demo_data_and_model
+    encoded = []
+    encode = model.get_latent_representation
+    monkeypatch.setattr(model, "get_latent_representation", lambda *a, **k: encoded.append(1) or encode(*a, **k))
+    in_type_1 = (mdata.obs["cell_type"] == "type_1").to_numpy()
+    model.differential_expression(idx1=in_type_1, n_samples_overall=200)
+    assert not encoded  # scvi-tools' default: no outlier filter, no extra encoding
+    filtered = model.differential_expression(idx1=in_type_1, n_samples_overall=500, filter_outlier_cells=True)
+    assert len(encoded) == 2  # each group encoded once to find its outliers
+    truth = mdata.mod["rna"].var["marker_of"] == "type_1"
+    assert truth[filtered.index[: truth.sum()]].mean() >= 0.8
+
+
 def test_differential_rejects_bad_groups_before_decoding(demo_data_and_model):
     _, model = demo_data_and_model
     with pytest.raises(ValueError, match="groupby"):
