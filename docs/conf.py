@@ -27,7 +27,8 @@ extensions = [
 ]
 # .rst first: autosummary writes rst
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
-# the tables written by benchmarks/ablation.py and joint_screen.py are included by ablation.md
+# tables written by benchmarks/ablation.py and joint_screen.py (included by ablation.md) and markers.py
+# (included by user_guide.md)
 exclude_patterns = [
     "_build",
     "**.ipynb_checkpoints",
@@ -35,6 +36,7 @@ exclude_patterns = [
     "tutorials/*.h5mu",
     "ablation_table.md",
     "screen_table.md",
+    "markers_table.md",
 ]
 templates_path = ["_templates"]
 
