@@ -8,9 +8,9 @@ linked to the marker gene (``snare_cortex_gene_peak_links.npz``) among the peaks
 
 Usage::
 
-    python benchmarks/markers.py                        # train (about 11 minutes on 2 cores), test, write
-    python benchmarks/markers.py --save-model /tmp/m    # keep the trained model
-    python benchmarks/markers.py --model /tmp/m         # test a saved model
+    python benchmarks/markers.py                        # train, test, write (about 15 minutes on 2 cores)
+    python benchmarks/markers.py --save-model models/markers   # keep the trained model
+    python benchmarks/markers.py --model models/markers        # test a saved model
 
 Writes ``benchmarks/results/markers_<data>.json`` and the table ``docs/markers_table.md``.
 """
