@@ -28,7 +28,7 @@ extensions = [
 # .rst first: autosummary writes rst
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 # tables written by benchmarks/ablation.py and joint_screen.py (included by ablation.md) and markers.py
-# (its table is not part of the docs until it has been run)
+# (included by user_guide.md)
 exclude_patterns = [
     "_build",
     "**.ipynb_checkpoints",

@@ -5,14 +5,20 @@ from pathlib import Path
 
 import mudata as md
 import numpy as np
+import pandas as pd
 import pytest
 import scvi
+from packaging.version import Version
 
 import scmvp_scvi
 from scmvp_scvi import SCMVP
 
 FROZEN = sorted((Path(__file__).parent / "data").glob("frozen_model_*"))
 FAST = {"accelerator": "cpu", "enable_progress_bar": False}
+# a saved model pickles its training history, whose pandas 3 string indexes pandas 2 cannot read back
+needs_pandas_3 = pytest.mark.skipif(
+    Version(pd.__version__).major < 3, reason="the frozen models were saved with pandas 3; pandas 2 cannot load them"
+)
 
 
 def test_a_frozen_fixture_exists():
@@ -27,6 +33,7 @@ def _fixture_data(fixture: Path) -> tuple[md.MuData, dict]:
     return scmvp_scvi.data.synthetic_paired(**recipe), expected
 
 
+@needs_pandas_3
 @pytest.mark.parametrize("fixture", FROZEN, ids=[p.name for p in FROZEN])
 def test_models_saved_by_earlier_releases_still_load(fixture):
     mdata, expected = _fixture_data(fixture)
@@ -45,6 +52,7 @@ def frozen():
     return fixture, _fixture_data(fixture)[0]
 
 
+@needs_pandas_3
 def test_loading_onto_other_features_fails_clearly(frozen):
     fixture, mdata = frozen
     fewer = md.MuData({"rna": mdata["rna"][:, :-1].copy(), "atac": mdata["atac"].copy()})
