@@ -502,6 +502,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             modalities = saved["attr_dict"]["registry_"]["setup_args"]["modalities"]
             check_saved_features(adata, saved["var_names"], modalities)
         model = super().load(dir_path, adata=adata, **kwargs)
+        if model.history_:  # saved before histories were portable: so that a new save is
+            model.history_ = {key: _portable(frame) for key, frame in model.history_.items()}
         model._update_summary()
         return model
 
@@ -1129,9 +1131,9 @@ def _merge_history(
     """
     if not new:
         return previous
-    new = {key: _as_float(frame) for key, frame in new.items()}
+    new = {key: _portable(_as_float(frame)) for key, frame in new.items()}
     n_epochs = len(new["train_loss"]) if "train_loss" in new else 0
-    new["training_phase"] = pd.DataFrame({"training_phase": [phase] * n_epochs})
+    new["training_phase"] = _portable(pd.DataFrame({"training_phase": np.full(n_epochs, phase, dtype=object)}))
     offset = len(previous["training_phase"]) if previous and "training_phase" in previous else 0
     merged = dict(previous or {})
     for key, frame in new.items():
@@ -1139,6 +1141,18 @@ def _merge_history(
         frame.index = pd.RangeIndex(offset, offset + len(frame), name=name)
         merged[key] = pd.concat([merged[key], frame]) if key in merged else frame
     return merged
+
+
+def _portable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give ``frame`` plain NumPy dtypes only, so that pandas 2 can load a model saved under pandas 3.
+
+    pandas 3 labels columns with its own string dtype, which pandas 2 cannot unpickle.
+    """
+    frame.columns = pd.Index(list(frame.columns), dtype=object, name=frame.columns.name)
+    for column in frame.columns:
+        if not isinstance(frame[column].dtype, np.dtype):
+            frame[column] = frame[column].astype(object)
+    return frame
 
 
 def _as_float(frame: pd.DataFrame) -> pd.DataFrame:

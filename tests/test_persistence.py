@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scvi
+import torch
 from packaging.version import Version
 
 import scmvp_scvi
@@ -15,9 +16,9 @@ from scmvp_scvi import SCMVP
 
 FROZEN = sorted((Path(__file__).parent / "data").glob("frozen_model_*"))
 FAST = {"accelerator": "cpu", "enable_progress_bar": False}
-# a saved model pickles its training history, whose pandas 3 string indexes pandas 2 cannot read back
+# the 0.1.0 model was saved under pandas 3 before histories were made portable: pandas 2 cannot unpickle it
 needs_pandas_3 = pytest.mark.skipif(
-    Version(pd.__version__).major < 3, reason="the frozen models were saved with pandas 3; pandas 2 cannot load them"
+    Version(pd.__version__).major < 3, reason="the 0.1.0 frozen model was saved with pandas 3 string labels"
 )
 
 
@@ -100,6 +101,41 @@ def test_outputs_survive_h5mu_round_trip(tmp_path):
     model.save(str(tmp_path / "model"))
     again = SCMVP.load(str(tmp_path / "model"), back)
     np.testing.assert_allclose(again.get_latent_representation(key_added=None), latent, atol=1e-6)
+
+
+def _pandas_objects(obj, path: str = "") -> list[tuple[str, object]]:
+    """Every pandas index, series and frame in a nested dict/list, with its path."""
+    if isinstance(obj, pd.Index | pd.Series | pd.DataFrame):
+        return [(path, obj)]
+    if isinstance(obj, dict):
+        return [found for key, value in obj.items() for found in _pandas_objects(value, f"{path}/{key}")]
+    if isinstance(obj, list | tuple):
+        return [found for i, value in enumerate(obj) for found in _pandas_objects(value, f"{path}[{i}]")]
+    return []
+
+
+def test_saved_models_hold_only_numpy_dtypes_so_pandas_2_can_load_them(tmp_path):
+    # pandas 3 labels columns with its own string dtype, which pandas 2 cannot unpickle
+    mdata = scmvp_scvi.data.synthetic_paired(n_cells=120, n_genes=20, n_peaks=40, n_cell_types=3, seed=3)
+    SCMVP.setup_mudata(mdata)
+    model = SCMVP(mdata, n_hidden=32, n_heads=4)
+    model.train(max_epochs=1, pretrain_epochs=1, **FAST)
+    model.save(str(tmp_path / "model"))
+    saved = torch.load(tmp_path / "model" / "model.pt", weights_only=False)
+    frames = _pandas_objects(saved["attr_dict"])
+    assert {path.split("/")[1] for path, _ in frames} == {"history_"}
+    assert "/history_/training_phase" in dict(frames) and "/history_/kl_cycle_train" in dict(frames)
+    for path, frame in frames:
+        assert frame.columns.dtype == object, path
+        assert all(isinstance(dtype, np.dtype) for dtype in frame.dtypes), path
+    assert list(saved["attr_dict"]["history_"]["training_phase"]["training_phase"]) == ["pretraining", "joint"]
+    # a history loaded from an older file (string-dtype labels) is made portable for the next save
+    old = {key: frame.set_axis(frame.columns.astype("string"), axis=1) for key, frame in model.history_.items()}
+    saved["attr_dict"]["history_"] = old
+    torch.save(saved, tmp_path / "model" / "model.pt")
+    again = SCMVP.load(str(tmp_path / "model"), mdata)
+    assert all(frame.columns.dtype == object for frame in again.history_.values())
+    pd.testing.assert_frame_equal(again.history["train_loss"], model.history["train_loss"])
 
 
 def _latent_of_run(seed: int) -> np.ndarray:
