@@ -24,6 +24,7 @@ from scvi.data.fields import (
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
 from ._gmm_init import cluster_statistics, kmeans_labels, leiden_labels
+from ._minify import MinifiedMuDataMixin, minified_type
 from ._module import SCMVPModule
 from ._progress import PhaseProgressBar, quiet_lightning
 from ._training_plan import SCMVPTrainingPlan
@@ -79,7 +80,7 @@ def _accepts_mdata(method: Callable) -> Callable:
     return wrapper
 
 
-class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
+class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixin, BaseModelClass):
     """Single-cell multi-view profiler (scMVP) for paired scRNA-seq and scATAC-seq.
 
     A deep generative model with attention-based encoders for each modality, a joint (shared-layer) posterior,
@@ -210,6 +211,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             single_modality_weight=single_modality_weight,
             **module_kwargs,
         )
+        self.module.minified_data_type = self.minified_data_type
         self._update_summary()
         self.init_params_ = self._get_init_params(locals())
 
@@ -274,8 +276,10 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         setup_method_args["setup_args"]["modalities"] = resolved
         mods = cls._create_modalities_attr_dict(resolved, setup_method_args)
         check_alignment(mdata, [mods.rna_layer, mods.atac_layer])
-        check_counts(mdata.mod[mods.rna_layer], rna_layer, mods.rna_layer)
-        check_counts(mdata.mod[mods.atac_layer], atac_layer, mods.atac_layer)
+        minified = minified_type(mdata)
+        if minified is None:  # a minified MuData has no counts left to check
+            check_counts(mdata.mod[mods.rna_layer], rna_layer, mods.rna_layer)
+            check_counts(mdata.mod[mods.atac_layer], atac_layer, mods.atac_layer)
         if batch_key is not None:
             check_obs_keys(mdata, [batch_key], mods.batch_key, "batch_key")
         if categorical_covariate_keys is not None:
@@ -297,6 +301,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
                 REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys, mod_key=mods.categorical_covariate_keys
             ),
         ]
+        if minified is not None:
+            fields += cls._get_fields_for_mudata_minification(minified)
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(mdata, **kwargs)
         cls.register_manager(adata_manager)
@@ -372,6 +378,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
         **trainer_kwargs
             Extra arguments of :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar=False``).
         """
+        self._require_counts("Training")
         n_cells = self.adata.n_obs
         check_trainable(n_cells, train_size)
         max_epochs = default_epochs(n_cells) if max_epochs is None else max_epochs
@@ -501,7 +508,14 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
             saved = torch.load(saved_file, map_location="cpu", weights_only=False)
             modalities = saved["attr_dict"]["registry_"]["setup_args"]["modalities"]
             check_saved_features(adata, saved["var_names"], modalities)
-        model = super().load(dir_path, adata=adata, **kwargs)
+        # scvi-tools' loader reports "File ... already downloaded" for every local model file
+        download_logger = logging.getLogger("scvi.data._download")
+        level = download_logger.level
+        download_logger.setLevel(max(level, logging.WARNING))
+        try:
+            model = super().load(dir_path, adata=adata, **kwargs)
+        finally:
+            download_logger.setLevel(level)
         if model.history_:  # saved before histories were portable: so that a new save is
             model.history_ = {key: _portable(frame) for key, frame in model.history_.items()}
         model._update_summary()
@@ -905,7 +919,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, BaseModelClass):
                 raise ValueError(f"Batches {unknown} are not registered batches; choose from {mapping}.")
         layer = self.modality_names[modality]
         statistics = None
-        if o["all_stats"]:  # the counts the model was set up with, whichever layer holds them
+        if o["all_stats"] and self.minified_data_type is None:  # the counts the model was set up with
             key = REGISTRY_KEYS.X_KEY if modality == "rna" else REGISTRY_KEYS.ATAC_X_KEY
             statistics = group_statistics(self.get_from_registry(adata, key), modality)
 

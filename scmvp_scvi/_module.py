@@ -30,6 +30,10 @@ def _kl_standard_normal(q: Normal) -> torch.Tensor:
     return kl_divergence(q, Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))).sum(-1)
 
 
+# registry key of the ATAC library sizes stored by minify_mudata (scvi-tools has one for RNA only)
+OBSERVED_LIB_SIZE_ATAC = "observed_lib_size_atac"
+
+
 class SCMVPModule(BaseModuleClass):
     """scMVP: joint VAE of paired RNA and ATAC counts with a Gaussian-mixture prior.
 
@@ -200,6 +204,8 @@ class SCMVPModule(BaseModuleClass):
         self.rna_log_theta = nn.Parameter(torch.randn(n_input_rna)) if dispersion[rna_likelihood] else None
         self.atac_log_theta = nn.Parameter(torch.randn(n_input_atac)) if dispersion[atac_likelihood] else None
         self.register_buffer("gmm_initialized", torch.tensor(False))
+        # set by the model when its MuData is minified: encode from the stored joint posteriors, not from counts
+        self.minified_data_type: str | None = None
 
     # ------------------------------------------------------------------ mixture prior
     @torch.no_grad()
@@ -219,6 +225,13 @@ class SCMVPModule(BaseModuleClass):
 
     # ------------------------------------------------------------------ scvi-tools plumbing
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        if self.minified_data_type is not None:
+            return {
+                "qzm": tensors[REGISTRY_KEYS.LATENT_QZM_KEY],
+                "qzv": tensors[REGISTRY_KEYS.LATENT_QZV_KEY],
+                "observed_lib_size_rna": tensors[REGISTRY_KEYS.OBSERVED_LIB_SIZE],
+                "observed_lib_size_atac": tensors[OBSERVED_LIB_SIZE_ATAC],
+            }
         return {
             "x_rna": tensors[REGISTRY_KEYS.X_KEY],
             "x_atac": tensors[REGISTRY_KEYS.ATAC_X_KEY],
@@ -264,18 +277,23 @@ class SCMVPModule(BaseModuleClass):
     @auto_move_data
     def inference(
         self,
-        x_rna: torch.Tensor,
-        x_atac: torch.Tensor,
-        batch_index: torch.Tensor,
+        x_rna: torch.Tensor | None = None,
+        x_atac: torch.Tensor | None = None,
+        batch_index: torch.Tensor | None = None,
         cat_covs: torch.Tensor | None = None,
         use_mean: bool = False,
         single_modalities: bool = True,
+        **cached: torch.Tensor,
     ) -> dict[str, torch.Tensor | Normal | None]:
         """Encode a minibatch.
 
         ``use_mean=True`` decodes from the posterior mean (deterministic outputs). ``single_modalities=False``
-        skips the RNA-only and ATAC-only encoders (their outputs are then ``None``); training needs them.
+        skips the RNA-only and ATAC-only encoders (their outputs are then ``None``); training needs them. On
+        minified data the inputs are the stored joint posterior (``qzm``, ``qzv``) and the observed library sizes
+        (``observed_lib_size_rna``, ``observed_lib_size_atac``) instead of the counts.
         """
+        if cached:
+            return self._cached_inference(**cached, use_mean=use_mean, single_modalities=single_modalities)
         covariates = self._covariates(batch_index, cat_covs)
         # observed library sizes; a cell with no counts gets library 1 instead of log(0)
         library_rna = torch.log(x_rna.sum(-1, keepdim=True).clamp_min(1.0))
@@ -298,6 +316,36 @@ class SCMVPModule(BaseModuleClass):
             "library_rna": library_rna,
             "library_atac": library_atac,
             "log_gamma": log_gamma,
+        }
+
+    def _cached_inference(
+        self,
+        qzm: torch.Tensor,
+        qzv: torch.Tensor,
+        observed_lib_size_rna: torch.Tensor,
+        observed_lib_size_atac: torch.Tensor,
+        use_mean: bool = False,
+        single_modalities: bool = False,
+    ) -> dict[str, torch.Tensor | Normal | None]:
+        """Inference outputs from a stored joint posterior: the encoders, and so the counts, are not needed."""
+        if single_modalities:
+            raise ValueError(
+                "The RNA-only and ATAC-only posteriors need the counts, which minify_mudata removed; load the model "
+                "onto the full MuData for them."
+            )
+        qz = Normal(qzm, qzv.sqrt())
+        z = qz.loc if use_mean else qz.sample()
+        return {
+            "z": z,
+            "qz": qz,
+            "qz_rna": None,
+            "qz_atac": None,
+            "z_rna": None,
+            "z_atac": None,
+            # as in the regular inference: a cell with no counts gets library 1
+            "library_rna": torch.log(observed_lib_size_rna.reshape(-1, 1).clamp_min(1.0)),
+            "library_atac": torch.log(observed_lib_size_atac.reshape(-1, 1).clamp_min(1.0)),
+            "log_gamma": self.prior.log_responsibilities(z) if bool(self.gmm_initialized) else None,
         }
 
     def _decode_rna(self, z, gate, library, covariates) -> Distribution:

@@ -136,6 +136,13 @@ def _calls(model, folder, tmp_path) -> dict:
     def module():
         assert isinstance(model.module, scmvp_scvi.SCMVPModule)
 
+    def minify():
+        copy = cls.load(folder)
+        copy.minify_mudata()
+        assert copy.minified_data_type == "latent_posterior_parameters" and copy.adata["rna"].X.nnz == 0
+        with pytest.raises(NotImplementedError, match="minify_mudata"):
+            copy.minify_adata()
+
     return {
         "get_latent_representation": latent,
         "get_elbo": elbo,
@@ -177,6 +184,8 @@ def _calls(model, folder, tmp_path) -> dict:
         "setup_annbatch": unsupported("setup_annbatch"),
         "prepare_query_anndata": unsupported("prepare_query_anndata"),
         "module": module,
+        "minify_mudata": minify,
+        "minify_adata": minify,
     }
 
 
