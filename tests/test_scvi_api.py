@@ -326,6 +326,30 @@ def test_differential_filters_outlier_cells_only_when_asked(demo_data_and_model,
     assert truth[filtered.index[: truth.sum()]].mean() >= 0.8
 
 
+def test_observed_statistics_come_from_the_registered_counts_layer(demo_data_and_model):
+    mdata, _ = demo_data_and_model
+    data = mdata.copy()
+    del data.uns["_scvi_uuid"]  # a registration of its own
+    for name in ("rna", "atac"):  # counts in a layer, depth-normalised values in X (as after scanpy's steps)
+        modality = data.mod[name]
+        modality.layers["counts"] = modality.X.copy()
+        sc.pp.normalize_total(modality, target_sum=1e4)
+        sc.pp.log1p(modality)
+    scmvp_scvi.SCMVP.setup_mudata(data, rna_layer="counts", atac_layer="counts")
+    model = scmvp_scvi.SCMVP(data, n_hidden=32, n_heads=4)
+    model.is_trained = True  # the observed statistics do not depend on the weights
+    group = (data.obs["cell_type"] == "type_2").to_numpy()
+    de = model.differential_expression(idx1=group, n_samples_overall=50)
+    da = model.differential_accessibility(idx1=group, n_samples_overall=50)
+    rna, atac = data.mod["rna"].layers["counts"], data.mod["atac"].layers["counts"]
+    expected = np.asarray(rna[group].mean(axis=0)).ravel()
+    np.testing.assert_allclose(de.loc[data.mod["rna"].var_names, "raw_mean1"], expected, rtol=1e-5)
+    open_fraction = np.asarray((atac[~group] > 0).mean(axis=0)).ravel()
+    np.testing.assert_allclose(da.loc[data.mod["atac"].var_names, "emp_prob2"], open_fraction, rtol=1e-5)
+    # not the log-normalised values in X
+    assert not np.allclose(np.asarray(data.mod["rna"].X[group].mean(axis=0)).ravel(), expected)
+
+
 def test_differential_rejects_bad_groups_before_decoding(demo_data_and_model):
     _, model = demo_data_and_model
     with pytest.raises(ValueError, match="groupby"):
