@@ -27,8 +27,8 @@ extensions = [
 ]
 # .rst first: autosummary writes rst
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
-# tables written by benchmarks/ablation.py and joint_screen.py (included by ablation.md) and markers.py
-# (included by user_guide.md)
+# tables written by benchmarks/ablation.py and joint_screen.py (included by ablation.md), markers.py
+# (included by user_guide.md) and scaling.py (included by benchmarks.md)
 exclude_patterns = [
     "_build",
     "**.ipynb_checkpoints",
@@ -37,6 +37,7 @@ exclude_patterns = [
     "ablation_table.md",
     "screen_table.md",
     "markers_table.md",
+    "scaling_table.md",
 ]
 templates_path = ["_templates"]
 

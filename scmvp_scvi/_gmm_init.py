@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import scanpy as sc
@@ -61,3 +62,38 @@ def cluster_statistics(
         counts.append(len(members))
     counts = np.asarray(counts, dtype=np.float64)
     return np.stack(means), np.stack(variances), counts / counts.sum()
+
+
+def subsampled_labels(
+    latent: np.ndarray,
+    cluster: Callable[[np.ndarray], np.ndarray],
+    max_cells: int | None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Cluster labels of all cells, found on at most ``max_cells`` of them.
+
+    Graph clustering grows faster than linearly with the number of cells, so above ``max_cells`` the clusters
+    are found on a random subsample and every other cell joins the cluster under which it is most likely:
+    the same rule (Gaussian log-density with diagonal variances plus the log cluster fraction) that the
+    mixture prior applies to a cell's latent. With ``max_cells=None`` or fewer cells, all cells are clustered.
+    """
+    n_cells = len(latent)
+    if max_cells is None or n_cells <= max_cells:
+        return np.asarray(cluster(latent))
+    chosen = np.sort(np.random.default_rng(seed).choice(n_cells, size=max_cells, replace=False))
+    _, sub_labels = np.unique(np.asarray(cluster(latent[chosen])), return_inverse=True)
+    means, variances, weights = cluster_statistics(latent[chosen], sub_labels)
+    labels = np.empty(n_cells, dtype=np.int64)
+    labels[chosen] = sub_labels
+    rest = np.setdiff1d(np.arange(n_cells), chosen)
+    precision = 1 / variances
+    # log w_k + log N(z; m_k, v_k), expanded so that only a cells x components block is ever held
+    constant = np.log(weights) - 0.5 * (np.log(2 * np.pi * variances).sum(1) + (means**2 * precision).sum(1))
+    for start in range(0, len(rest), 65_536):
+        block = latent[rest[start : start + 65_536]].astype(np.float64)
+        log_density = constant - 0.5 * (block**2 @ precision.T) + block @ (means * precision).T
+        labels[rest[start : start + 65_536]] = log_density.argmax(1)
+    logger.info(
+        "Mixture clusters found on %d of %d cells; the others joined their most likely cluster.", max_cells, n_cells
+    )
+    return labels

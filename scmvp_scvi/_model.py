@@ -23,7 +23,8 @@ from scvi.data.fields import (
 )
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
-from ._gmm_init import cluster_statistics, kmeans_labels, leiden_labels
+from ._gmm_init import cluster_statistics, kmeans_labels, leiden_labels, subsampled_labels
+from ._memory import check_output_fits
 from ._minify import MinifiedMuDataMixin, minified_type
 from ._module import SCMVPModule
 from ._progress import PhaseProgressBar, quiet_lightning
@@ -43,6 +44,12 @@ logger = logging.getLogger(__name__)
 PHASE_LABELS = {"pretraining": "pretraining", "joint": "joint training"}
 # how the initial mixture components get their variances
 GMM_VARIANCES = ("posterior", "means")
+# how to get an imputation that does not fit in memory
+IMPUTATION_ROUTES = (
+    "Impute fewer features (gene_list=, region_list=), keep the ATAC values above a threshold as a sparse "
+    "matrix (atac_threshold=0.05), impute a subset of cells at a time (indices=), or write both layers into an "
+    ".h5mu file chunk by chunk: mdata.write(path); model.write_imputed_values(path)."
+)
 # inference output holding the posterior of each latent
 POSTERIORS = {"joint": "qz", "rna": "qz_rna", "atac": "qz_atac"}
 
@@ -320,6 +327,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         n_epochs_cluster_warmup: int | None = None,
         leiden_resolution: float = 1.0,
         gmm_variance: str = "means",
+        gmm_max_cells: int | None = 50_000,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         train_size: float | None = None,
@@ -365,6 +373,9 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
             each cluster's posterior means; ``"posterior"`` matches each component to its cells' posteriors
             (spread of their means plus their mean posterior variance), so that the prior KL does not jump at
             the switch.
+        gmm_max_cells
+            The mixture initialisation clusters at most this many randomly chosen cells (all cells when ``None``);
+            the others join their most likely component. Keeps the initialisation linear in the number of cells.
         accelerator, devices
             Lightning device settings (``"cpu"``, ``"gpu"``, ``"auto"``...).
         train_size, validation_size, shuffle_set_split
@@ -410,13 +421,19 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
 
         if gmm_variance not in GMM_VARIANCES:
             raise ValueError(f"gmm_variance must be one of {GMM_VARIANCES}, got {gmm_variance!r}.")
+        self._check_gmm_max_cells(gmm_max_cells, "gmm_max_cells")
         if not bool(self.module.gmm_initialized):
             if pretrain_epochs > 0:
                 logger.info("Pretraining for %d epochs.", pretrain_epochs)
                 self._train_phase(
                     "pretraining", max_epochs=pretrain_epochs, plan_kwargs=plan(pretrain_epochs), **common
                 )
-            self.initialize_gmm(resolution=leiden_resolution, batch_size=max(batch_size, 256), variance=gmm_variance)
+            self.initialize_gmm(
+                resolution=leiden_resolution,
+                batch_size=max(batch_size, 256),
+                variance=gmm_variance,
+                max_cells=gmm_max_cells,
+            )
         if max_epochs > 0:
             kl_warmup = max(1, max_epochs // 2) if n_epochs_kl_warmup is None else n_epochs_kl_warmup
             plan_kwargs = plan(kl_warmup, n_epochs_cluster_warmup)
@@ -442,7 +459,11 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
 
     @torch.no_grad()  # not inference_mode: new parameters created here must be trainable
     def initialize_gmm(
-        self, resolution: float = 1.0, batch_size: int | None = None, variance: str = "means"
+        self,
+        resolution: float = 1.0,
+        batch_size: int | None = None,
+        variance: str = "means",
+        max_cells: int | None = 50_000,
     ) -> np.ndarray:
         """Initialise the mixture prior from clusters of the current joint latent of all cells.
 
@@ -458,6 +479,9 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         variance
             ``"means"``: component variances are the spread of the posterior means (the original scMVP);
             ``"posterior"``: they match the cells' posteriors (spread of the means plus mean posterior variance).
+        max_cells
+            Cluster at most this many randomly chosen cells (all when ``None``); every other cell joins the
+            cluster under which its latent is most likely, and the components are then computed from all cells.
 
         Returns
         -------
@@ -465,17 +489,19 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         """
         if variance not in GMM_VARIANCES:
             raise ValueError(f"variance must be one of {GMM_VARIANCES}, got {variance!r}.")
+        self._check_gmm_max_cells(max_cells, "max_cells")
+        # the user's n_centroids until the first initialisation, the resolved K afterwards
+        n_centroids = self.init_params_["non_kwargs"]["n_centroids"]
         outputs = {"mean": (self.module.n_latent, lambda inf, gen: inf["qz"].loc)}
         if variance == "posterior":
             outputs["var"] = (self.module.n_latent, lambda inf, gen: inf["qz"].variance)
         posterior = self._fill(self.adata, None, batch_size, outputs, decode=False)
         latent = posterior["mean"]
-        # the user's n_centroids until the first initialisation, the resolved K afterwards
-        n_centroids = self.init_params_["non_kwargs"]["n_centroids"]
         if n_centroids is None:
-            labels = leiden_labels(latent, resolution=resolution, seed=settings.seed)
+            cluster = functools.partial(leiden_labels, resolution=resolution, seed=settings.seed)
         else:
-            labels = kmeans_labels(latent, n_centroids, seed=settings.seed)
+            cluster = functools.partial(kmeans_labels, n_clusters=n_centroids, seed=settings.seed)
+        labels = subsampled_labels(latent, cluster, max_cells, seed=settings.seed)
         means, variances, weights = cluster_statistics(latent, labels, posterior_variances=posterior.get("var"))
         self.module.initialize_gmm(
             torch.as_tensor(means, dtype=torch.float32),
@@ -486,6 +512,15 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         logger.info("Mixture prior initialised with K = %d components.", len(weights))
         self._update_summary()
         return labels
+
+    def _check_gmm_max_cells(self, max_cells: int | None, argument: str) -> None:
+        if max_cells is not None and (not isinstance(max_cells, int | np.integer) or max_cells < 2):
+            raise ValueError(f"{argument} must be an integer of at least 2 or None, got {max_cells!r}.")
+        n_centroids = self.init_params_["non_kwargs"]["n_centroids"]
+        if n_centroids is not None and max_cells is not None and max_cells < n_centroids:
+            raise ValueError(
+                f"{argument} ({max_cells}) must be at least the number of mixture components ({n_centroids})."
+            )
 
     @classmethod
     @_accepts_mdata
@@ -551,7 +586,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         batch_size: int | None,
         use_mean: bool = True,
         transform_batch: str | int | None = None,
-        decode: bool = True,
+        decode: bool | Sequence[str] = True,
         single_modalities: bool = False,
         dataloader: Iterable[dict[str, torch.Tensor]] | None = None,
         **data_loader_kwargs,
@@ -559,7 +594,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         """Yield ``(inference outputs, generative outputs)`` per minibatch, in cell order.
 
         The minibatches come from ``dataloader`` when given (scvi-tools' inference data loaders), else from the
-        cells ``indices`` of ``adata``.
+        cells ``indices`` of ``adata``. ``decode`` is ``True`` (both modalities), ``False`` (no decoding) or the
+        modalities to decode, e.g. ``("rna",)``.
         """
         batch_code = self._batch_code(transform_batch)
         if dataloader is None:
@@ -580,7 +616,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
                 generative_outputs = None
                 if decode:
                     generative_inputs = self.module._get_generative_input(tensors, inference_outputs, batch_code)
-                    generative_outputs = self.module.generative(**generative_inputs)
+                    modalities = ("rna", "atac") if decode is True else tuple(decode)
+                    generative_outputs = self.module.generative(**generative_inputs, modalities=modalities)
                 yield inference_outputs, generative_outputs
         finally:
             self.module.train(was_training)
@@ -596,35 +633,77 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
     def _n_cells(self, adata: MuData | None, indices: Sequence[int] | None) -> int:
         return len(indices) if indices is not None else self._validate_anndata(adata).n_obs
 
-    def _fill(
-        self, adata, indices, batch_size, outputs: dict[str, tuple[int, Callable]], **kwargs
-    ) -> dict[str, np.ndarray]:
-        """Compute several per-minibatch outputs in one pass, each into a float32 array.
+    def _chunks(
+        self,
+        adata: MuData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        outputs: dict[str, tuple[int, Callable]],
+        n_draws: int = 1,
+        **kwargs,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Yield each minibatch's outputs as float32 arrays, averaged over ``n_draws`` passes of the model.
 
         ``outputs`` maps a name to ``(n_features, compute)``, where ``compute(inference, generative)`` returns
-        the minibatch's rows. The arrays are preallocated when the number of cells is known (not for a
-        ``dataloader=`` in ``kwargs``), so that no second copy of a large output is ever held.
+        the minibatch's rows. With ``n_draws > 1`` each minibatch is encoded (and decoded) that many times, so
+        the average never needs a second cells x features array.
         """
+        chunk, draw = None, 0
+        for inference_outputs, generative_outputs in self._batches(adata, indices, batch_size, **kwargs):
+            values = {name: compute(inference_outputs, generative_outputs) for name, (_, compute) in outputs.items()}
+            chunk = values if draw == 0 else {name: chunk[name] + value for name, value in values.items()}
+            draw += 1
+            if draw < n_draws:
+                continue
+            yield {name: (value / n_draws).float().cpu().numpy() for name, value in chunk.items()}
+            chunk, draw = None, 0
+
+    def _fill(
+        self,
+        adata,
+        indices,
+        batch_size,
+        outputs: dict[str, tuple[int, Callable]],
+        thresholds: dict[str, float] | None = None,
+        memory_hint: str = "Compute it for fewer cells at a time (indices=).",
+        **kwargs,
+    ) -> dict[str, np.ndarray | sparse.csr_matrix]:
+        """Compute several per-minibatch outputs in one pass, each into a float32 array.
+
+        ``outputs`` is as in :meth:`_chunks`. Outputs named in ``thresholds`` keep only values at or above
+        their threshold and are built chunk by chunk into a CSR matrix. Dense arrays are preallocated when the
+        number of cells is known (not for a ``dataloader=`` in ``kwargs``), so that no second copy of a large
+        output is ever held, after a check that they fit in the available memory (``memory_hint`` says how to
+        need less).
+        """
+        thresholds = thresholds or {}
         # a dataloader's cells are known only once it has run: collect its chunks, else write into place
         n_cells = None if kwargs.get("dataloader") is not None else self._n_cells(adata, indices)
+        dense = {name: n for name, (n, _) in outputs.items() if name not in thresholds}
+        if n_cells is not None:
+            sizes = " and ".join(f"{n_cells:,} x {n:,}" for n in dense.values())
+            check_output_fits(4 * n_cells * sum(dense.values()), f"A dense float32 output of {sizes}", memory_hint)
         arrays = {
-            name: [] if n_cells is None else np.empty((n_cells, n), dtype=np.float32)
-            for name, (n, _) in outputs.items()
+            name: [] if n_cells is None else np.empty((n_cells, n), dtype=np.float32) for name, n in dense.items()
         }
+        arrays.update({name: [] for name in thresholds})
         start = 0
-        for inference_outputs, generative_outputs in self._batches(adata, indices, batch_size, **kwargs):
-            for name, (_, compute) in outputs.items():
-                chunk = compute(inference_outputs, generative_outputs).detach().cpu().numpy()
-                if n_cells is None:
-                    arrays[name].append(chunk.astype(np.float32, copy=False))
+        for chunk in self._chunks(adata, indices, batch_size, outputs, **kwargs):
+            for name, values in chunk.items():
+                if name in thresholds:
+                    values[values < thresholds[name]] = 0
+                    arrays[name].append(sparse.csr_matrix(values))
+                elif n_cells is None:
+                    arrays[name].append(values)
                 else:
-                    arrays[name][start : start + len(chunk)] = chunk
-            start += len(chunk)
-        if n_cells is None:
-            arrays = {
-                name: np.concatenate(chunks) if chunks else np.empty((0, outputs[name][0]), dtype=np.float32)
-                for name, chunks in arrays.items()
-            }
+                    arrays[name][start : start + len(values)] = values
+            start += len(values)
+        for name, (n, _) in outputs.items():
+            if name in thresholds:
+                blocks = arrays[name] or [sparse.csr_matrix((0, n), dtype=np.float32)]
+                arrays[name] = sparse.vstack(blocks, format="csr")
+            elif n_cells is None:
+                arrays[name] = np.concatenate(arrays[name]) if arrays[name] else np.empty((0, n), dtype=np.float32)
         return arrays
 
     def _latent(
@@ -748,12 +827,22 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         n_samples: int = 1,
         give_mean: bool = True,
         layer_key: str | None = "scmvp_imputed",
-    ) -> tuple[np.ndarray, np.ndarray]:
+        *,
+        gene_list: Sequence[str] | None = None,
+        region_list: Sequence[str] | None = None,
+        atac_threshold: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | sparse.csr_matrix]:
         """Denoised (imputed) counts of both modalities at each cell's observed library size.
 
         RNA: the mean of the RNA observation model. ATAC: the mean count of the peak (for
         ``atac_likelihood="bernoulli"``, the probability that it is open). Zero-inflation is not applied: these
         are the values before technical dropout.
+
+        The dense result takes 4 bytes per cell and feature (1 GB for 10,000 cells and 25,000 peaks). When it
+        would not fit in the available memory, a :class:`MemoryError` says so before any work; the routes that
+        need less are a subset of features (``gene_list``, ``region_list``), sparse ATAC values
+        (``atac_threshold``), a subset of cells at a time (``indices``), or :meth:`write_imputed_values`, which
+        writes both layers into an ``.h5mu`` file chunk by chunk.
 
         Parameters
         ----------
@@ -764,34 +853,134 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         give_mean
             Decode the posterior mean of the latent (deterministic, default).
         layer_key
-            Layer name for the results in the RNA and ATAC modalities (written when all cells are imputed);
-            ``None`` writes nothing.
+            Layer name for the results in the RNA and ATAC modalities, written for a modality when all its
+            features of all cells are imputed; ``None`` writes nothing.
+        gene_list, region_list
+            Genes and peaks to impute (default all), in the order given.
+        atac_threshold
+            If given, ATAC values below it are set to zero and the ATAC result is a CSR matrix, built chunk by
+            chunk (0.05 keeps about the peaks a ZIP model expects to hold a read in one cell in twenty).
 
         Returns
         -------
-        ``(rna, atac)`` float32 arrays of shape ``(n_cells, n_genes)`` and ``(n_cells, n_peaks)``, computed
-        minibatch by minibatch.
+        ``(rna, atac)``: float32 arrays of shape ``(n_cells, n_genes)`` and ``(n_cells, n_peaks)`` (ATAC a CSR
+        matrix with ``atac_threshold``), computed minibatch by minibatch.
         """
         self._check_if_trained(warn=False)
         draws = 1 if give_mean else n_samples
-        if draws < 1:
-            raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
-        outputs = {
-            "rna": (self.module.n_input_rna, lambda inf, gen: gen["px_rna"].denoised()),
-            "atac": (self.module.n_input_atac, lambda inf, gen: gen["px_atac"].denoised()),
+        if not isinstance(draws, int | np.integer) or draws < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        if atac_threshold is not None and not atac_threshold >= 0:
+            raise ValueError(f"atac_threshold must be a non-negative number, got {atac_threshold!r}.")
+        target = self._target(adata)
+        names = self.modality_names
+        columns = {
+            "rna": self._feature_indices(target.mod[names["rna"]].var_names, gene_list, "gene_list"),
+            "atac": self._feature_indices(target.mod[names["atac"]].var_names, region_list, "region_list"),
         }
-        # one pass over the cells per draw decodes both modalities
-        rna, atac = None, None
-        for _ in range(draws):
-            values = self._fill(adata, indices, batch_size, outputs, use_mean=give_mean)
-            rna = values["rna"] if rna is None else rna + values["rna"]
-            atac = values["atac"] if atac is None else atac + values["atac"]
-        rna, atac = rna / draws, atac / draws
+        subset = {"rna": gene_list is not None, "atac": region_list is not None}
+
+        def denoised(modality: str) -> tuple[int, Callable]:
+            key, cols = f"px_{modality}", torch.as_tensor(columns[modality])
+
+            def compute(inf: dict, gen: dict) -> torch.Tensor:
+                values = gen[key].denoised()
+                return values.index_select(1, cols.to(values.device)) if subset[modality] else values
+
+            return len(cols), compute
+
+        values = self._fill(
+            adata,
+            indices,
+            batch_size,
+            {"rna": denoised("rna"), "atac": denoised("atac")},
+            thresholds=None if atac_threshold is None else {"atac": atac_threshold},
+            memory_hint=IMPUTATION_ROUTES,
+            n_draws=draws,
+            use_mean=give_mean,
+        )
         if layer_key is not None and indices is None:
-            target = self._target(adata)
-            target.mod[self.modality_names["rna"]].layers[layer_key] = rna
-            target.mod[self.modality_names["atac"]].layers[layer_key] = atac
-        return rna, atac
+            for modality in ("rna", "atac"):
+                if not subset[modality]:
+                    target.mod[names[modality]].layers[layer_key] = values[modality]
+        return values["rna"], values["atac"]
+
+    @_accepts_mdata
+    @torch.inference_mode()
+    def write_imputed_values(
+        self,
+        filename: str | Path,
+        adata: MuData | None = None,
+        batch_size: int | None = None,
+        layer_key: str = "scmvp_imputed",
+        overwrite: bool = False,
+    ) -> None:
+        """Write the imputed values of every cell into a layer of an ``.h5mu`` file, one minibatch at a time.
+
+        For data sets whose imputed matrices do not fit in memory: memory stays at one minibatch, and the file
+        grows by 4 bytes per cell and feature. The values are those of :meth:`get_imputed_values` with
+        ``give_mean=True``. Read them lazily afterwards, e.g. ``mudata.read_h5mu(filename, backed=True)`` and
+        ``mdata["atac"].layers["scmvp_imputed"]``, or in slices with h5py.
+
+        Parameters
+        ----------
+        filename
+            An ``.h5mu`` file holding the cells of ``adata`` in the same order (e.g. written with
+            ``mdata.write(filename)``); its RNA and ATAC modalities get the layer ``layer_key``.
+        adata
+            The MuData whose cells are imputed (default: the model's).
+        batch_size
+            Minibatch size.
+        layer_key
+            Name of the layer in both modalities.
+        overwrite
+            Replace existing layers of that name; otherwise they are an error.
+        """
+        import h5py
+        from anndata.io import read_elem
+
+        self._check_if_trained(warn=False)
+        target = self._validate_anndata(adata)
+        path = Path(filename)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; write the MuData there first: mdata.write({str(path)!r}).")
+        names = self.modality_names
+        with h5py.File(path, "r+") as file:
+            # everything is checked before the first value is computed
+            for name in names.values():
+                group = f"mod/{name}"
+                if group not in file:
+                    raise ValueError(f"{path} has no modality {name!r}; it must hold the model's MuData.")
+                for axis, expected in (("obs", target.mod[name].obs_names), ("var", target.mod[name].var_names)):
+                    stored = read_elem(file[f"{group}/{axis}"]).index
+                    if not stored.equals(pd.Index(expected)):
+                        raise ValueError(
+                            f"The {axis}_names of modality {name!r} in {path} differ from the MuData's "
+                            f"({len(stored):,} against {len(expected):,}); write this MuData to the file first."
+                        )
+                layer = f"{group}/layers/{layer_key}"
+                if layer in file and not overwrite:
+                    raise ValueError(f"{path} already has the layer {layer!r}; pass overwrite=True to replace it.")
+            datasets = {}
+            for modality, name in names.items():
+                layers = file.require_group(f"mod/{name}/layers")
+                if layer_key in layers:
+                    del layers[layer_key]
+                shape = (target.n_obs, target.mod[name].n_vars)
+                rows = max(1, min(shape[0], (1 << 20) // max(shape[1], 1)))  # chunks of about 4 MB
+                dataset = layers.create_dataset(layer_key, shape=shape, dtype=np.float32, chunks=(rows, shape[1]))
+                dataset.attrs["encoding-type"], dataset.attrs["encoding-version"] = "array", "0.2.0"
+                datasets[modality] = dataset
+            outputs = {
+                modality: (target.mod[name].n_vars, lambda inf, gen, m=modality: gen[f"px_{m}"].denoised())
+                for modality, name in names.items()
+            }
+            start = 0
+            for chunk in self._chunks(target, None, batch_size, outputs):
+                for modality, values in chunk.items():
+                    datasets[modality][start : start + len(values)] = values
+                start += len(values)
+        logger.info("Imputed values of %d cells written to the layer %r of %s.", start, layer_key, path)
 
     @_accepts_mdata
     @torch.inference_mode()
@@ -821,8 +1010,11 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         self._check_if_trained(warn=False)
         names = self._target(adata).mod[self.modality_names["rna"]].var_names
         columns = self._feature_indices(names, gene_list, "gene_list")
-        outputs = {"rho": (len(columns), lambda inf, gen: gen["px_rna"].scale[:, columns] * library_size)}
-        values = self._fill(adata, indices, batch_size, outputs, transform_batch=transform_batch)["rho"]
+        cols = slice(None) if gene_list is None else columns  # no copy of every column
+        outputs = {"rho": (len(columns), lambda inf, gen: gen["px_rna"].scale[:, cols] * library_size)}
+        hint = "Pass fewer genes (gene_list=) or cells (indices=) at a time."
+        kwargs = {"memory_hint": hint, "transform_batch": transform_batch, "decode": ("rna",)}
+        values = self._fill(adata, indices, batch_size, outputs, **kwargs)["rho"]
         return (
             values
             if return_numpy
@@ -861,20 +1053,17 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         names = self._target(adata).mod[self.modality_names["atac"]].var_names
         columns = self._feature_indices(names, region_list, "region_list")
         index = self._obs_names(adata, indices)
-        compute = lambda inf, gen: gen["px_atac"].prob_nonzero()[:, columns]  # noqa: E731
+        cols = slice(None) if region_list is None else columns  # no copy of every column
+        outputs = {"p_open": (len(columns), lambda inf, gen: gen["px_atac"].prob_nonzero()[:, cols])}
+        hint = "Pass fewer peaks (region_list=) or cells (indices=), or threshold= for a sparse result."
+        kwargs = {"memory_hint": hint, "transform_batch": transform_batch, "decode": ("atac",)}
+        thresholds = None if threshold is None else {"p_open": threshold}
+        values = self._fill(adata, indices, batch_size, outputs, thresholds, **kwargs)["p_open"]
+        if return_numpy:
+            return values
         if threshold is None:
-            outputs = {"p_open": (len(columns), compute)}
-            values = self._fill(adata, indices, batch_size, outputs, transform_batch=transform_batch)["p_open"]
-            return values if return_numpy else pd.DataFrame(values, index=index, columns=names[columns])
-        chunks = []
-        for inf, gen in self._batches(adata, indices, batch_size, transform_batch=transform_batch):
-            chunk = compute(inf, gen).cpu().numpy()
-            chunk[chunk < threshold] = 0
-            chunks.append(sparse.csr_matrix(chunk))
-        values = sparse.vstack(chunks, format="csr")
-        return (
-            values if return_numpy else pd.DataFrame.sparse.from_spmatrix(values, index=index, columns=names[columns])
-        )
+            return pd.DataFrame(values, index=index, columns=names[columns])
+        return pd.DataFrame.sparse.from_spmatrix(values, index=index, columns=names[columns])
 
     # ------------------------------------------------------------------ differential testing
     def _posterior_samples(
@@ -897,7 +1086,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
             outputs = {"values": (self.module.n_input_rna, lambda inf, gen: gen["px_rna"].scale)}
         else:
             outputs = {"values": (self.module.n_input_atac, lambda inf, gen: gen["px_atac"].prob_nonzero())}
-        kwargs = {"use_mean": False, "transform_batch": transform_batch}
+        kwargs = {"use_mean": False, "transform_batch": transform_batch, "decode": (modality,)}
         return self._fill(adata, indices, batch_size, outputs, **kwargs)["values"]
 
     def _differential(self, modality: str, options: dict, bayes_kwargs: dict) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from scvi import REGISTRY_KEYS
@@ -367,19 +368,22 @@ class SCMVPModule(BaseModuleClass):
         log_gamma: torch.Tensor | None,
         batch_index: torch.Tensor,
         cat_covs: torch.Tensor | None = None,
+        modalities: Sequence[str] = ("rna", "atac"),
     ) -> dict[str, Distribution | torch.Tensor]:
         """Decode latent ``z`` into the observation models of both modalities (``px_rna``, ``px_atac``).
 
         Each is a distribution (see ``scmvp_scvi._likelihoods``) with the decoded mean ``mu``, the normalised mean
         ``scale`` (``rho`` for genes, ``alpha`` for peaks), ``log_prob``, ``prob_nonzero`` and ``denoised``.
+        ``modalities`` limits decoding to the ones an output needs (the peaks cost most).
         """
         covariates = self._covariates(batch_index, cat_covs)
         gate = self.decoder.gate(None if log_gamma is None else log_gamma.exp(), z.shape[0])
-        return {
-            "px_rna": self._decode_rna(z, gate, library_rna, covariates),
-            "px_atac": self._decode_atac(z, gate, library_atac, covariates),
-            "gate": gate,
-        }
+        outputs = {"gate": gate}
+        if "rna" in modalities:
+            outputs["px_rna"] = self._decode_rna(z, gate, library_rna, covariates)
+        if "atac" in modalities:
+            outputs["px_atac"] = self._decode_atac(z, gate, library_atac, covariates)
+        return outputs
 
     @staticmethod
     def _nll(x: torch.Tensor, px: Distribution) -> torch.Tensor:

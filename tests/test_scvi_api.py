@@ -2,6 +2,7 @@
 
 import warnings
 
+import mudata
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,6 +58,15 @@ def _calls(model, folder, tmp_path) -> dict:
     def imputed():
         rna, atac = model.get_imputed_values()
         assert rna.shape == (n_obs, n_genes) and atac.shape == (n_obs, n_peaks)
+
+    def written():
+        path = tmp_path / "imputed.h5mu"
+        mdata.write(path)
+        model.write_imputed_values(path, layer_key="on_disk")
+        stored = mudata.read_h5mu(path)
+        rna, atac = model.get_imputed_values(layer_key=None)
+        np.testing.assert_allclose(stored["rna"].layers["on_disk"], rna, rtol=1e-5)
+        np.testing.assert_allclose(stored["atac"].layers["on_disk"], atac, rtol=1e-5)
 
     def expression():
         assert model.get_normalized_expression(indices=[0, 1]).shape == (2, n_genes)
@@ -152,6 +162,7 @@ def _calls(model, folder, tmp_path) -> dict:
         "differential_abundance": differential_abundance,
         "get_cluster_assignments": clusters,
         "get_imputed_values": imputed,
+        "write_imputed_values": written,
         "get_normalized_expression": expression,
         "get_normalized_accessibility": accessibility,
         "differential_expression": de,
