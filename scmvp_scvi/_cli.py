@@ -183,11 +183,12 @@ def _run(mdata, args, modalities: dict[str, str], label_key: str | None, batch_k
     seconds = time.perf_counter() - start
     latent = model.get_latent_representation()
     clusters = model.get_cluster_assignments()
-    model.get_imputed_values()
     if args.umap is not None:
         _draw_umap(mdata, args.umap, ["scmvp_cluster"] if label_key is None else [label_key, "scmvp_cluster"])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     mdata.write(args.output)
+    # written into the file minibatch by minibatch: the imputed layers never need to fit in memory
+    model.write_imputed_values(args.output, overwrite=True)
     if args.save_model is not None:
         model.save(str(args.save_model), overwrite=args.overwrite)
 

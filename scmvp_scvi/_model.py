@@ -23,6 +23,7 @@ from scvi.data.fields import (
 )
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
+from ._distributed import computed_once
 from ._gmm_init import cluster_statistics, kmeans_labels, leiden_labels, subsampled_labels
 from ._memory import check_output_fits
 from ._minify import MinifiedMuDataMixin, minified_type
@@ -492,17 +493,21 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         self._check_gmm_max_cells(max_cells, "max_cells")
         # the user's n_centroids until the first initialisation, the resolved K afterwards
         n_centroids = self.init_params_["non_kwargs"]["n_centroids"]
-        outputs = {"mean": (self.module.n_latent, lambda inf, gen: inf["qz"].loc)}
-        if variance == "posterior":
-            outputs["var"] = (self.module.n_latent, lambda inf, gen: inf["qz"].variance)
-        posterior = self._fill(self.adata, None, batch_size, outputs, decode=False)
-        latent = posterior["mean"]
         if n_centroids is None:
             cluster = functools.partial(leiden_labels, resolution=resolution, seed=settings.seed)
         else:
             cluster = functools.partial(kmeans_labels, n_clusters=n_centroids, seed=settings.seed)
-        labels = subsampled_labels(latent, cluster, max_cells, seed=settings.seed)
-        means, variances, weights = cluster_statistics(latent, labels, posterior_variances=posterior.get("var"))
+
+        def clusters_and_components() -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            outputs = {"mean": (self.module.n_latent, lambda inf, gen: inf["qz"].loc)}
+            if variance == "posterior":
+                outputs["var"] = (self.module.n_latent, lambda inf, gen: inf["qz"].variance)
+            posterior = self._fill(self.adata, None, batch_size, outputs, decode=False)
+            labels = subsampled_labels(posterior["mean"], cluster, max_cells, seed=settings.seed)
+            return labels, cluster_statistics(posterior["mean"], labels, posterior_variances=posterior.get("var"))
+
+        # in a DDP job, one process clusters and every process gets the same mixture
+        labels, (means, variances, weights) = computed_once(clusters_and_components)
         self.module.initialize_gmm(
             torch.as_tensor(means, dtype=torch.float32),
             torch.as_tensor(variances, dtype=torch.float32),

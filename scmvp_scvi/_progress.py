@@ -46,7 +46,9 @@ class PhaseProgressBar(ProgressBar):
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
-        self._bar = tqdm(total=trainer.max_epochs, desc=self.phase, unit="epoch", disable=self.is_disabled)
+        # in a DDP job only the first process shows the bar
+        disable = self.is_disabled or not trainer.is_global_zero
+        self._bar = tqdm(total=trainer.max_epochs, desc=self.phase, unit="epoch", disable=disable)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)

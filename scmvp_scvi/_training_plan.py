@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from scvi.train import TrainingPlan
 
 
@@ -43,3 +44,12 @@ class SCMVPTrainingPlan(TrainingPlan):
         """Validate with the cluster factor of the current epoch."""
         self.loss_kwargs["cluster_warmup"] = self.cluster_warmup
         return super().validation_step(batch, batch_idx)
+
+    def compute_and_log_metrics(self, loss_output, metrics, mode):
+        """Log the metrics as scvi-tools does, under ``no_grad`` instead of inference mode.
+
+        Lightning sums logged values across processes at the end of an epoch, in place; on the CPU (gloo) that
+        fails for tensors made in inference mode, so scvi-tools' plan cannot train with DDP on CPU processes.
+        """
+        with torch.no_grad():
+            return TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
