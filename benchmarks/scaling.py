@@ -261,7 +261,11 @@ def plot(results: list[dict], path: Path) -> None:
             )
             if done:
                 ax.plot([r["n_cells"] for r in done], [value(r) for r in done], "o-", label=LABELS[method])
-        ax.set(xscale="log", yscale="log", xlabel="cells", title=title)
+        # Memory starts from the data's own size, so a linear axis from zero shows its growth honestly.
+        linear = "memory" in title
+        ax.set(xscale="log", yscale="linear" if linear else "log", xlabel="cells", title=title)
+        if linear:
+            ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend()
     fig.tight_layout()
