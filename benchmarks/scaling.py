@@ -187,6 +187,11 @@ def run_in_process(method: str, n_cells: int, args: argparse.Namespace) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def training_peak_gb(result: dict) -> float:
+    """Peak resident memory over the training phases of one run."""
+    return max(result["stages"][phase]["peak_rss_gb"] for phase in result["step_ms"])
+
+
 def write_table(results: list[dict], meta: dict, path: Path) -> None:
     sizes = sorted({r["n_cells"] for r in results})
     by_key = {(r["method"], r["n_cells"]): r for r in results}
@@ -194,6 +199,8 @@ def write_table(results: list[dict], meta: dict, path: Path) -> None:
         ("Seconds per epoch: pretraining / joint training (MULTIVI: training)", "epoch"),
         ("Milliseconds per step", "step"),
         ("Peak memory of training (GB)", "train_rss"),
+        ("Cells drawn, in memory: seconds / peak GB", ("data",)),
+        ("Setup and model construction: seconds / peak GB", ("setup",)),
         ("Mixture initialisation: seconds / peak GB", ("mixture initialisation",)),
         ("Latent: seconds / peak GB", ("latent",)),
         ("Mixture clusters: seconds / peak GB", ("clusters",)),
@@ -212,7 +219,7 @@ def write_table(results: list[dict], meta: dict, path: Path) -> None:
             return " / ".join(f"{v:.0f}" for v in result["step_ms"].values())
         stages = result["stages"]
         if key == "train_rss":
-            return f"{max(stages[s]['peak_rss_gb'] for s in result['step_ms']):.2f}"
+            return f"{training_peak_gb(result):.2f}"
         stage = stages.get(key[0])
         return "-" if stage is None else f"{stage['seconds']:,.1f} / {stage['peak_rss_gb']:.2f}"
 
@@ -246,25 +253,25 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    # (title, y scale, value of one run); memory starts from the data's own size, so its axis is linear from zero
     panels = [
-        ("Seconds per training epoch", lambda r: max(r["seconds_per_epoch"].values())),
-        ("Peak memory of training (GB)", lambda r: max(r["stages"][s]["peak_rss_gb"] for s in r["step_ms"])),
+        ("Seconds per training epoch", "log", lambda r: max(r["seconds_per_epoch"].values())),
+        ("Peak memory of training (GB)", "linear", training_peak_gb),
         (
             "Seconds of latent, expression, accessibility",
+            "log",
             lambda r: sum(r["stages"][s]["seconds"] for s in ("latent", "expression", "accessibility")),
         ),
     ]
-    for ax, (title, value) in zip(axes, panels, strict=True):
+    for ax, (title, yscale, value) in zip(axes, panels, strict=True):
         for method in METHODS:
             done = sorted(
                 (r for r in results if r["method"] == method and "failed" not in r), key=lambda r: r["n_cells"]
             )
             if done:
                 ax.plot([r["n_cells"] for r in done], [value(r) for r in done], "o-", label=LABELS[method])
-        # Memory starts from the data's own size, so a linear axis from zero shows its growth honestly.
-        linear = "memory" in title
-        ax.set(xscale="log", yscale="linear" if linear else "log", xlabel="cells", title=title)
-        if linear:
+        ax.set(xscale="log", yscale=yscale, xlabel="cells", title=title)
+        if yscale == "linear":
             ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend()
