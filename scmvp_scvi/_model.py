@@ -27,6 +27,13 @@ from ._distributed import computed_once
 from ._gmm_init import cluster_statistics, kmeans_labels, leiden_labels, subsampled_labels
 from ._memory import check_output_fits
 from ._minify import MinifiedMuDataMixin, minified_type
+from ._modalities import (
+    MISSING_MODALITY_OPTIONS,
+    OBS_COLUMN,
+    OBSERVED_MODALITIES_KEY,
+    modality_counts,
+    observed_modalities,
+)
 from ._module import SCMVPModule
 from ._progress import PhaseProgressBar, quiet_lightning
 from ._training_plan import SCMVPTrainingPlan
@@ -36,6 +43,7 @@ from ._validation import (
     check_obs_keys,
     check_saved_features,
     check_trainable,
+    layer_matrix,
     resolve_modalities,
 )
 
@@ -139,8 +147,10 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         which start at the sizes of the initial clusters, so large cell types are not split and small ones not
         merged to even the sizes out) or ``"uniform"`` (equal clusters, as in the original scMVP).
     single_modality_weight
-        Weight of the RNA-only and ATAC-only VAE terms in joint training (default 0, as in the original, where
-        only pretraining trains the single-modality encoders).
+        Weight of the RNA-only and ATAC-only VAE terms in joint training. ``None`` (default): 0 on paired data,
+        as in the original, where only pretraining trains the single-modality encoders; 1 on a mosaic
+        (``setup_mudata(missing_modality="zero_rows")``), whose single-modality cells are embedded by those
+        encoders.
     **module_kwargs
         Further arguments of :class:`~scmvp_scvi.SCMVPModule`.
 
@@ -175,7 +185,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         cycle_kl_weight: float = 0.1,
         encoder_input: str = "counts",
         balance_target: str = "prior",
-        single_modality_weight: float = 0.0,
+        single_modality_weight: float | None = None,
         **module_kwargs,
     ):
         super().__init__(mdata)
@@ -216,12 +226,43 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
             encoder_input=encoder_input,
             atac_idf=self._atac_idf() if encoder_input == "normalized" else None,
             balance_target=balance_target,
-            single_modality_weight=single_modality_weight,
+            single_modality_weight=(1.0 if self.is_mosaic else 0.0)
+            if single_modality_weight is None
+            else single_modality_weight,
+            library_fill=self._library_fill() if self.is_mosaic else None,
             **module_kwargs,
         )
         self.module.minified_data_type = self.minified_data_type
         self._update_summary()
         self.init_params_ = self._get_init_params(locals())
+
+    @property
+    def is_mosaic(self) -> bool:
+        """Whether the model was set up with ``missing_modality="zero_rows"`` (paired and single-modality cells)."""
+        return OBSERVED_MODALITIES_KEY in self.adata_manager.data_registry
+
+    @property
+    def observed_modality_counts(self) -> dict[str, int]:
+        """Number of paired, RNA-only and ATAC-only cells in the registered MuData."""
+        if not self.is_mosaic:
+            return {"paired": self.adata.n_obs, "rna_only": 0, "atac_only": 0}
+        return modality_counts(self.adata.obs[OBS_COLUMN])
+
+    def _library_fill(self) -> tuple[float, float]:
+        """Mean log library size of the cells measured in each modality, for the cells that were not."""
+        fill = []
+        for key in (REGISTRY_KEYS.X_KEY, REGISTRY_KEYS.ATAC_X_KEY):
+            totals = np.asarray(self.adata_manager.get_from_registry(key).sum(axis=1)).ravel()
+            fill.append(float(np.log(totals[totals > 0]).mean()))
+        return fill[0], fill[1]
+
+    def view_anndata_setup(self, adata: MuData | None = None, hide_state_registries: bool = False) -> None:
+        """Print the registered fields (scvi-tools' summary) and the number of paired and single-modality cells."""
+        super().view_anndata_setup(adata, hide_state_registries)
+        target = self._target(adata)
+        if self.is_mosaic and OBS_COLUMN in target.obs:
+            counts = modality_counts(target.obs[OBS_COLUMN])
+            print("Cells: " + ", ".join(f"{n:,} {kind.replace('_', '-')}" for kind, n in counts.items()))
 
     def _atac_idf(self) -> torch.Tensor:
         """Inverse document frequency of each peak over the registered cells, ``n / (1 + cells open)``."""
@@ -257,9 +298,15 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         batch_key: str | None = None,
         categorical_covariate_keys: list[str] | None = None,
         modalities: dict[str, str] | None = None,
+        missing_modality: str | None = None,
         **kwargs,
     ) -> None:
         """Register the RNA and ATAC modalities of a MuData for SCMVP.
+
+        Every cell needs counts in both modalities, unless ``missing_modality="zero_rows"`` says that an all-zero
+        row means "not measured": then paired, RNA-only and ATAC-only cells train one model together (a mosaic),
+        and the outputs predict the missing modality of the single-modality cells. A MuData whose modalities hold
+        different sets of cells comes into this form with :func:`scmvp_scvi.pp.pad_unpaired`.
 
         Parameters
         ----------
@@ -276,18 +323,41 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
             Columns with further categorical covariates (same lookup as ``batch_key``).
         modalities
             Maps setup arguments to modality names. Defaults to ``{"rna_layer": "rna", "atac_layer": "atac"}``.
+        missing_modality
+            ``None`` (default): every cell was measured in both modalities, and a cell without counts in one is an
+            error. ``"zero_rows"``: a cell whose row is all zeros in one modality was not measured there. Which
+            modalities each cell has is stored in ``mdata.obs["_scmvp_observed_modalities"]`` (``"paired"``,
+            ``"rna_only"``, ``"atac_only"``); at least one cell must be paired.
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        if missing_modality not in MISSING_MODALITY_OPTIONS:
+            raise ValueError(
+                f"missing_modality must be one of {MISSING_MODALITY_OPTIONS}, got {missing_modality!r}; "
+                "'zero_rows' means that an all-zero row marks a modality that was not measured in that cell."
+            )
+        mosaic = missing_modality == "zero_rows"
         resolved = resolve_modalities(mdata, modalities)
         setup_method_args["setup_args"]["modalities"] = resolved
         mods = cls._create_modalities_attr_dict(resolved, setup_method_args)
         check_alignment(mdata, [mods.rna_layer, mods.atac_layer])
         minified = minified_type(mdata)
         if minified is None:  # a minified MuData has no counts left to check
-            check_counts(mdata.mod[mods.rna_layer], rna_layer, mods.rna_layer)
-            check_counts(mdata.mod[mods.atac_layer], atac_layer, mods.atac_layer)
+            check_counts(mdata.mod[mods.rna_layer], rna_layer, mods.rna_layer, allow_empty_cells=mosaic)
+            check_counts(mdata.mod[mods.atac_layer], atac_layer, mods.atac_layer, allow_empty_cells=mosaic)
+        if mosaic and minified is not None:
+            # the counts are gone; the modalities each cell has were kept from the full MuData
+            if OBS_COLUMN not in mdata.obs:
+                raise ValueError(
+                    f"missing_modality='zero_rows' needs the counts or mdata.obs[{OBS_COLUMN!r}], and this minified "
+                    "MuData has neither; minify it with model.minify_mudata() from a model set up on the mosaic."
+                )
+        elif mosaic:
+            layers = {"rna": (mods.rna_layer, rna_layer), "atac": (mods.atac_layer, atac_layer)}
+            matrices = {m: layer_matrix(mdata.mod[name], layer, name) for m, (name, layer) in layers.items()}
+            where = {m: f"mdata[{n!r}]" + (f".layers[{lay!r}]" if lay else ".X") for m, (n, lay) in layers.items()}
+            mdata.obs[OBS_COLUMN] = observed_modalities(matrices["rna"], matrices["atac"], mdata.obs_names, where)
         if batch_key is not None:
             check_obs_keys(mdata, [batch_key], mods.batch_key, "batch_key")
         if categorical_covariate_keys is not None:
@@ -309,6 +379,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
                 REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys, mod_key=mods.categorical_covariate_keys
             ),
         ]
+        if mosaic:
+            fields.append(MuDataCategoricalObsField(OBSERVED_MODALITIES_KEY, OBS_COLUMN))
         if minified is not None:
             fields += cls._get_fields_for_mudata_minification(minified)
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
@@ -576,6 +648,11 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
             f"ATAC: {module.n_input_atac} peaks, {module.atac_likelihood} likelihood; "
             f"{batches} batch{'es' if batches != 1 else ''}."
         )
+        if self.is_mosaic:
+            counts = self.observed_modality_counts
+            self._model_summary_string += (
+                " Cells: " + ", ".join(f"{n:,} {kind.replace('_', '-')}" for kind, n in counts.items()) + "."
+            )
 
     # ------------------------------------------------------------------ minibatch iteration
     @property

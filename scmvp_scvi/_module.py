@@ -21,6 +21,7 @@ from ._components import (
     rebuild_cluster_attention,
 )
 from ._likelihoods import ATAC_LIKELIHOODS, LIKELIHOODS, RNA_LIKELIHOODS, observation_model
+from ._modalities import OBSERVED_MODALITIES_KEY, masks
 
 # what the encoders see: log1p of the counts (reference) or of depth-normalised RNA and TF-IDF ATAC
 ENCODER_INPUTS = ("counts", "normalized")
@@ -29,6 +30,11 @@ BALANCE_TARGETS = ("uniform", "prior")
 
 def _kl_standard_normal(q: Normal) -> torch.Tensor:
     return kl_divergence(q, Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))).sum(-1)
+
+
+def _only(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-cell ``values`` kept where ``mask`` (``(n, 1)`` booleans) holds and zero elsewhere; all if no mask."""
+    return values if mask is None else values * mask.reshape(-1).to(values.dtype)
 
 
 # registry key of the ATAC library sizes stored by minify_mudata (scvi-tools has one for RNA only)
@@ -112,6 +118,19 @@ class SCMVPModule(BaseModuleClass):
     atac_idf
         Inverse document frequency of each peak (``n_cells / (1 + cells with the peak open)``), needed by
         ``encoder_input="normalized"``; kept as a buffer, so it is saved with the module. ``None``: all ones.
+    library_fill
+        Log library sizes ``(rna, atac)`` that stand in for a modality a cell was not measured in. Given, the
+        module trains on mosaics: minibatches carry each cell's observed modalities, a paired cell is encoded by
+        the joint encoder, a single-modality cell by its modality's encoder, reconstruction terms cover only
+        what was measured, and the single-modality terms (and the alignment term) use the paired cells.
+        ``None``: every cell is paired.
+    alignment_weight
+        Weight, on mosaics, of ``KL(q_rna || q_joint) + KL(q_atac || q_joint)`` on the paired cells (the joint
+        posterior held fixed in this term), which places the single-modality posteriors where the joint one puts
+        the same cell.
+    cross_modal_weight
+        Weight, on mosaics, of decoding each modality of a paired cell from the other modality's posterior
+        (scaled by that modality's reconstruction weight): the prediction single-modality cells receive.
     """
 
     def __init__(
@@ -141,6 +160,9 @@ class SCMVPModule(BaseModuleClass):
         normalize_encoder_input: bool = False,
         encoder_input: str = "counts",
         atac_idf: torch.Tensor | None = None,
+        library_fill: tuple[float, float] | None = None,
+        alignment_weight: float = 1.0,
+        cross_modal_weight: float = 1.0,
     ):
         super().__init__()
         if rna_likelihood not in RNA_LIKELIHOODS:
@@ -179,7 +201,12 @@ class SCMVPModule(BaseModuleClass):
             "sharpness": sharpness_weight,
             "balance": balance_weight,
             "single": single_modality_weight,
+            "alignment": alignment_weight,
+            "cross": cross_modal_weight,
         }
+        self.mosaic = library_fill is not None
+        if self.mosaic:  # only then, so that the state of paired-only modules is unchanged
+            self.register_buffer("library_fill", torch.as_tensor(library_fill, dtype=torch.float32).reshape(2))
 
         cat_list = [n_batch, *(n_cats_per_cov or [])]
         encoder_cats = cat_list if encode_covariates else None
@@ -238,6 +265,7 @@ class SCMVPModule(BaseModuleClass):
             "x_atac": tensors[REGISTRY_KEYS.ATAC_X_KEY],
             "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
             "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+            "observed": tensors.get(OBSERVED_MODALITIES_KEY) if self.mosaic else None,
         }
 
     def _get_generative_input(
@@ -282,6 +310,7 @@ class SCMVPModule(BaseModuleClass):
         x_atac: torch.Tensor | None = None,
         batch_index: torch.Tensor | None = None,
         cat_covs: torch.Tensor | None = None,
+        observed: torch.Tensor | None = None,
         use_mean: bool = False,
         single_modalities: bool = True,
         **cached: torch.Tensor,
@@ -292,6 +321,10 @@ class SCMVPModule(BaseModuleClass):
         skips the RNA-only and ATAC-only encoders (their outputs are then ``None``); training needs them. On
         minified data the inputs are the stored joint posterior (``qzm``, ``qzv``) and the observed library sizes
         (``observed_lib_size_rna``, ``observed_lib_size_atac``) instead of the counts.
+
+        ``observed`` (mosaics) holds each cell's code of :data:`scmvp_scvi._modalities.KINDS`. Then ``qz`` is each
+        cell's posterior: the joint one for paired cells, the single-modality one for the others (the joint
+        encoder's own output is ``qz_joint``), and a missing modality gets the library size ``library_fill``.
         """
         if cached:
             return self._cached_inference(**cached, use_mean=use_mean, single_modalities=single_modalities)
@@ -303,13 +336,24 @@ class SCMVPModule(BaseModuleClass):
         y_log = self._encoder_input(x_atac, library_atac, "atac")
 
         qz = self.joint_encoder(x_log, y_log, *covariates)
-        z = qz.loc if use_mean else qz.rsample()
-        log_gamma = self.prior.log_responsibilities(z) if bool(self.gmm_initialized) else None
         outputs = {"qz_rna": None, "qz_atac": None, "z_rna": None, "z_atac": None}
-        if single_modalities:
+        has_rna, has_atac = masks(observed)
+        if single_modalities or has_rna is not None:
             for name, encoder, data in (("rna", self.rna_encoder, x_log), ("atac", self.atac_encoder, y_log)):
                 q = encoder(data, *covariates)
                 outputs[f"qz_{name}"], outputs[f"z_{name}"] = q, q.loc if use_mean else q.rsample()
+        if has_rna is not None:
+            # each cell is encoded from what was measured; a missing modality gets a typical library size
+            library_rna = torch.where(has_rna, library_rna, self.library_fill[0])
+            library_atac = torch.where(has_atac, library_atac, self.library_fill[1])
+            q_rna, q_atac, paired = outputs["qz_rna"], outputs["qz_atac"], has_rna & has_atac
+            outputs["qz_joint"] = qz
+            qz = Normal(
+                torch.where(paired, qz.loc, torch.where(has_rna, q_rna.loc, q_atac.loc)),
+                torch.where(paired, qz.scale, torch.where(has_rna, q_rna.scale, q_atac.scale)),
+            )
+        z = qz.loc if use_mean else qz.rsample()
+        log_gamma = self.prior.log_responsibilities(z) if bool(self.gmm_initialized) else None
         return {
             "z": z,
             "qz": qz,
@@ -343,11 +387,19 @@ class SCMVPModule(BaseModuleClass):
             "qz_atac": None,
             "z_rna": None,
             "z_atac": None,
-            # as in the regular inference: a cell with no counts gets library 1
-            "library_rna": torch.log(observed_lib_size_rna.reshape(-1, 1).clamp_min(1.0)),
-            "library_atac": torch.log(observed_lib_size_atac.reshape(-1, 1).clamp_min(1.0)),
+            "library_rna": self._stored_library(observed_lib_size_rna, 0),
+            "library_atac": self._stored_library(observed_lib_size_atac, 1),
             "log_gamma": self.prior.log_responsibilities(z) if bool(self.gmm_initialized) else None,
         }
+
+    def _stored_library(self, observed: torch.Tensor, modality: int) -> torch.Tensor:
+        """Log library sizes from stored totals, as in the regular inference.
+
+        A cell with no counts gets library 1, or on mosaics the ``library_fill`` of the modality it lacks.
+        """
+        observed = observed.reshape(-1, 1)
+        library = torch.log(observed.clamp_min(1.0))
+        return torch.where(observed > 0, library, self.library_fill[modality]) if self.mosaic else library
 
     def _decode_rna(self, z, gate, library, covariates) -> Distribution:
         rho, zi_logits = self.decoder.rna(z, gate, *covariates)
@@ -407,18 +459,32 @@ class SCMVPModule(BaseModuleClass):
         """
         x_rna, x_atac = tensors[REGISTRY_KEYS.X_KEY], tensors[REGISTRY_KEYS.ATAC_X_KEY]
         w = self.weights
-        nll_rna = self._nll(x_rna, generative_outputs["px_rna"])
-        nll_atac = self._nll(x_atac, generative_outputs["px_atac"])
-        qz, qz_rna, qz_atac = inference_outputs["qz"], inference_outputs["qz_rna"], inference_outputs["qz_atac"]
+        has_rna, has_atac = self._observed(tensors)
+        paired = None if has_rna is None else has_rna & has_atac
+        nll_rna = _only(self._nll(x_rna, generative_outputs["px_rna"]), has_rna)
+        nll_atac = _only(self._nll(x_atac, generative_outputs["px_atac"]), has_atac)
+        qz_rna, qz_atac = inference_outputs["qz_rna"], inference_outputs["qz_atac"]
+        qz_joint = inference_outputs.get("qz_joint", inference_outputs["qz"])
         q_fused = self.fusion(qz_rna, qz_atac)
-        kl_joint = kl_divergence(qz, q_fused).sum(-1)
+        kl_joint = _only(kl_divergence(qz_joint, q_fused).sum(-1), paired)
         if bool(self.gmm_initialized):
-            total, kl_prior, extra = self._joint_terms(tensors, inference_outputs, generative_outputs, q_fused)
+            total, kl_prior, extra = self._joint_terms(tensors, inference_outputs, generative_outputs, q_fused, paired)
             total = cluster_warmup * total
             atac_weight = w["atac"] if w["joint_atac"] is None else w["joint_atac"]
         else:
-            total, kl_prior, extra = self._pretraining_terms(tensors, inference_outputs)
+            total, kl_prior, extra = self._pretraining_terms(tensors, inference_outputs, paired)
             atac_weight = w["atac"]
+        if paired is not None:
+            # the single-modality posteriors follow the joint one (not the reverse), and the KL is taken from
+            # them, so that a broad single-modality posterior cannot absorb an offset of its mean
+            target = Normal(qz_joint.loc.detach(), qz_joint.scale.detach())
+            kl_align = kl_divergence(qz_rna, target).sum(-1) + kl_divergence(qz_atac, target).sum(-1)
+            extra["kl_alignment"] = _only(kl_align, paired)
+            extra["_kl_aux"] = extra["_kl_aux"] + w["alignment"] * extra["kl_alignment"]
+            if w["cross"] > 0:
+                cross_total, cross_extra = self._cross_modal_terms(tensors, inference_outputs, paired)
+                total = total + w["cross"] * cross_total
+                extra.update(cross_extra)
         kl_total = kl_prior + extra.pop("_kl_aux") + w["joint_kl"] * kl_joint
         loss = w["rna"] * nll_rna + atac_weight * nll_atac + total + kl_weight * kl_total
         metrics = {
@@ -437,6 +503,10 @@ class SCMVPModule(BaseModuleClass):
             extra_metrics={k: v.detach() for k, v in metrics.items()},
         )
 
+    def _observed(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(has_rna, has_atac)`` masks of a minibatch of a mosaic; ``(None, None)`` when every cell is paired."""
+        return masks(tensors.get(OBSERVED_MODALITIES_KEY) if self.mosaic else None)
+
     def _raise_non_finite(self, metrics: dict[str, torch.Tensor]) -> None:
         """Stop with an error that names the loss terms that became NaN or infinite, and what to try."""
         phase = "joint training" if bool(self.gmm_initialized) else "pretraining"
@@ -454,23 +524,27 @@ class SCMVPModule(BaseModuleClass):
             )
         raise FloatingPointError(f"SCMVP stopped during {phase}: {cause}.")
 
-    def _pretraining_terms(self, tensors, inference_outputs):
-        """Single-modality VAEs through the shared decoder channels, standard normal priors."""
+    def _pretraining_terms(self, tensors, inference_outputs, paired=None):
+        """Single-modality VAEs through the shared decoder channels, standard normal priors.
+
+        On mosaics they cover the paired cells only: a single-modality cell's own posterior is already ``qz``.
+        """
         covariates = self._covariates(tensors[REGISTRY_KEYS.BATCH_KEY], tensors.get(REGISTRY_KEYS.CAT_COVS_KEY))
         z_rna, z_atac = inference_outputs["z_rna"], inference_outputs["z_atac"]
         gate = self.decoder.gate(None, z_rna.shape[0])
         px_rna = self._decode_rna(z_rna, gate, inference_outputs["library_rna"], covariates)
         px_atac = self._decode_atac(z_atac, gate, inference_outputs["library_atac"], covariates)
-        nll_rna_single = self._nll(tensors[REGISTRY_KEYS.X_KEY], px_rna)
-        nll_atac_single = self._nll(tensors[REGISTRY_KEYS.ATAC_X_KEY], px_atac)
+        nll_rna_single = _only(self._nll(tensors[REGISTRY_KEYS.X_KEY], px_rna), paired)
+        nll_atac_single = _only(self._nll(tensors[REGISTRY_KEYS.ATAC_X_KEY], px_atac), paired)
         kl_prior = _kl_standard_normal(inference_outputs["qz"])
         kl_single = _kl_standard_normal(inference_outputs["qz_rna"]) + _kl_standard_normal(inference_outputs["qz_atac"])
+        kl_single = _only(kl_single, paired)
         total = self.weights["rna"] * nll_rna_single + self.weights["atac"] * nll_atac_single
         extra = {"nll_rna_single": nll_rna_single, "nll_atac_single": nll_atac_single, "_kl_aux": kl_single}
         return total, kl_prior, extra
 
-    def _joint_terms(self, tensors, inference_outputs, generative_outputs, q_fused):
-        """Mixture-prior KL, cycle-consistency head and cluster terms."""
+    def _joint_terms(self, tensors, inference_outputs, generative_outputs, q_fused, paired=None):
+        """Mixture-prior KL, cycle-consistency head and cluster terms (cycle KL on paired cells only)."""
         w = self.weights
         covariates = self._covariates(tensors[REGISTRY_KEYS.BATCH_KEY], tensors.get(REGISTRY_KEYS.CAT_COVS_KEY))
         log_gamma = inference_outputs["log_gamma"]
@@ -484,7 +558,7 @@ class SCMVPModule(BaseModuleClass):
             self.atac_encoder(self._encoder_input(mu_atac, inference_outputs["library_atac"], "atac"), *covariates),
         )
         log_gamma_cycle = self.prior.log_responsibilities(q_cycle.rsample())
-        kl_cycle = kl_divergence(q_fused, q_cycle).sum(-1)
+        kl_cycle = _only(kl_divergence(q_fused, q_cycle).sum(-1), paired)
 
         log_pi = torch.log_softmax(self.prior.logits, -1).detach() if self.balance_target == "prior" else None
         consistency, sharpness, negative_entropy = self.cluster_terms(log_gamma, log_gamma_cycle, log_pi)
@@ -498,13 +572,15 @@ class SCMVPModule(BaseModuleClass):
         }
         total = w["cluster"] * cluster
         if w["single"] > 0:
-            single_total, single_kl, single_extra = self._single_modality_terms(tensors, inference_outputs, covariates)
+            single_total, single_kl, single_extra = self._single_modality_terms(
+                tensors, inference_outputs, covariates, paired
+            )
             total = total + w["single"] * single_total
             extra["_kl_aux"] = extra["_kl_aux"] + w["single"] * single_kl
             extra.update(single_extra)
         return total, kl_prior, extra
 
-    def _single_modality_terms(self, tensors, inference_outputs, covariates):
+    def _single_modality_terms(self, tensors, inference_outputs, covariates, paired=None):
         """RNA-only and ATAC-only VAEs under the (fixed in these terms) mixture prior, each decoding its modality."""
         total, kl, extra = 0.0, 0.0, {}
         for modality, x_key, decode in (
@@ -516,11 +592,31 @@ class SCMVPModule(BaseModuleClass):
             log_gamma = self.prior.log_responsibilities(z, detach=True)
             gate = self.decoder.gate(log_gamma.exp(), z.shape[0])
             params = decode(z, gate, inference_outputs[f"library_{modality}"], covariates)
-            nll = self._nll(tensors[x_key], params)
+            nll = _only(self._nll(tensors[x_key], params), paired)
             total = total + self.weights[modality] * nll
-            kl = kl + self.prior.kl_divergence(q, log_gamma, detach=True)
+            kl = kl + _only(self.prior.kl_divergence(q, log_gamma, detach=True), paired)
             extra[f"nll_{modality}_single"] = nll
         return total, kl, extra
+
+    def _cross_modal_terms(self, tensors, inference_outputs, paired):
+        """On the paired cells of a mosaic, decode each modality from the other modality's posterior.
+
+        This is the prediction a single-modality cell gets, so it is trained where the answer is known.
+        """
+        covariates = self._covariates(tensors[REGISTRY_KEYS.BATCH_KEY], tensors.get(REGISTRY_KEYS.CAT_COVS_KEY))
+        total, extra = 0.0, {}
+        for source, target, x_key, decode in (
+            ("rna", "atac", REGISTRY_KEYS.ATAC_X_KEY, self._decode_atac),
+            ("atac", "rna", REGISTRY_KEYS.X_KEY, self._decode_rna),
+        ):
+            z = inference_outputs[f"z_{source}"]
+            mixture = bool(self.gmm_initialized)
+            gamma = self.prior.log_responsibilities(z, detach=True).exp() if mixture else None
+            px = decode(z, self.decoder.gate(gamma, z.shape[0]), inference_outputs[f"library_{target}"], covariates)
+            nll = _only(self._nll(tensors[x_key], px), paired)
+            total = total + self.weights[target] * nll
+            extra[f"nll_{target}_from_{source}"] = nll
+        return total, extra
 
     @staticmethod
     def cluster_terms(
@@ -562,13 +658,14 @@ class SCMVPModule(BaseModuleClass):
         inference_outputs = self.inference(**self._get_inference_input(tensors), single_modalities=False)
         generative_inputs = self._get_generative_input(tensors, inference_outputs)
         qz, mixture = inference_outputs["qz"], bool(self.gmm_initialized)
+        has_rna, has_atac = self._observed(tensors)
         log_weights = []
         for _ in range(n_mc_samples):
             z = qz.sample()
             log_gamma = self.prior.log_responsibilities(z) if mixture else None
             px = self.generative(**{**generative_inputs, "z": z, "log_gamma": log_gamma})
-            log_px = -self._nll(tensors[REGISTRY_KEYS.X_KEY], px["px_rna"])
-            log_px = log_px - self._nll(tensors[REGISTRY_KEYS.ATAC_X_KEY], px["px_atac"])
+            log_px = -_only(self._nll(tensors[REGISTRY_KEYS.X_KEY], px["px_rna"]), has_rna)
+            log_px = log_px - _only(self._nll(tensors[REGISTRY_KEYS.ATAC_X_KEY], px["px_atac"]), has_atac)
             log_pz = self.prior.log_prob(z) if mixture else Normal(0.0, 1.0).log_prob(z).sum(-1)
             log_weights.append(log_px + log_pz - qz.log_prob(z).sum(-1))
         log_likelihood = torch.logsumexp(torch.stack(log_weights), dim=0) - math.log(n_mc_samples)

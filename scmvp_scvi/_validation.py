@@ -47,7 +47,8 @@ def resolve_modalities(mdata: MuData, modalities: dict[str, str] | None) -> dict
     return resolved
 
 
-def _matrix(adata: AnnData, layer: str | None, modality: str):
+def layer_matrix(adata: AnnData, layer: str | None, modality: str):
+    """Return the matrix registered from ``adata`` (``.X`` or a layer), with a clear error when it is missing."""
     if layer is None:
         if adata.X is None:
             raise ValueError(f"mdata[{modality!r}].X is empty; pass the layer holding the counts.")
@@ -68,9 +69,22 @@ def _stored_values(x) -> np.ndarray:
     raise TypeError(f"Unsupported matrix type {type(x).__name__}; use a numpy array or a scipy sparse CSR/CSC matrix.")
 
 
-def check_counts(adata: AnnData, layer: str | None, modality: str) -> None:
-    """Raise if the registered matrix is not a finite, non-negative numeric matrix with cells and features."""
-    x = _matrix(adata, layer, modality)
+def _first_fractional(values: np.ndarray, chunk: int = 1 << 22) -> float | None:
+    """Return the first non-integer value (or ``None``), checking in chunks so that no copy of all values is made."""
+    for start in range(0, values.size, chunk):
+        block = values[start : start + chunk]
+        fractional = block[block != np.round(block)]
+        if fractional.size:
+            return float(fractional[0])
+    return None
+
+
+def check_counts(adata: AnnData, layer: str | None, modality: str, allow_empty_cells: bool = False) -> None:
+    """Raise if the registered matrix is not a finite, non-negative numeric matrix with cells and features.
+
+    ``allow_empty_cells`` accepts cells without counts (a modality not measured in them).
+    """
+    x = layer_matrix(adata, layer, modality)
     where = f"mdata[{modality!r}]" + (f".layers[{layer!r}]" if layer else ".X")
     values = _stored_values(x)
     if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
@@ -88,24 +102,24 @@ def check_counts(adata: AnnData, layer: str | None, modality: str) -> None:
             "Pass the layer that holds them, not scaled or centred data."
         )
     cell_totals = np.asarray(x.sum(axis=1)).ravel()
-    if (empty := cell_totals == 0).any():
+    if not allow_empty_cells and (empty := cell_totals == 0).any():
         examples = list(adata.obs_names[empty][:3])
         raise ValueError(
             f"{int(empty.sum())} cells have no counts in {where} (e.g. {examples}); a cell needs counts in both "
-            "modalities. Remove them, e.g. scmvp_scvi.pp.filter_paired(mdata, min_genes=1, min_peaks=1)."
+            "modalities. Remove them, e.g. scmvp_scvi.pp.filter_paired(mdata, min_genes=1, min_peaks=1), or, if "
+            "the modality was not measured in them, register the mosaic with "
+            "SCMVP.setup_mudata(mdata, missing_modality='zero_rows')."
         )
-    if np.issubdtype(values.dtype, np.floating) and values.size:
-        fractional = values[values != np.round(values)]
-        if fractional.size:
-            warnings.warn(
-                f"{where} holds non-integer values (e.g. {fractional[0]:g}), but SCMVP's likelihoods model raw "
-                "counts. Pass the layer with raw counts; for normalised or TF-IDF peaks, binarise them "
-                "(scmvp_scvi.pp.binarize) and use atac_likelihood='bernoulli'.",
-                UserWarning,
-                stacklevel=3,
-            )
-    n_cells_per_feature = np.asarray((x > 0).sum(axis=0)).ravel()
-    if (empty_features := n_cells_per_feature == 0).any():
+    if np.issubdtype(values.dtype, np.floating) and (example := _first_fractional(values)) is not None:
+        warnings.warn(
+            f"{where} holds non-integer values (e.g. {example:g}), but SCMVP's likelihoods model raw "
+            "counts. Pass the layer with raw counts; for normalised or TF-IDF peaks, binarise them "
+            "(scmvp_scvi.pp.binarize) and use atac_likelihood='bernoulli'.",
+            UserWarning,
+            stacklevel=3,
+        )
+    # the values are non-negative, so a feature without counts is one whose column sums to zero
+    if (empty_features := np.asarray(x.sum(axis=0)).ravel() == 0).any():
         warnings.warn(
             f"{int(empty_features.sum())} features of {where} have no counts in any cell; they only cost time. "
             "Remove them with scmvp_scvi.pp.filter_paired(mdata, min_cells_per_gene=1, min_cells_per_peak=1).",
@@ -135,8 +149,11 @@ def check_alignment(mdata: MuData, modalities: Sequence[str]) -> None:
             continue
         if len(mod_names) != mdata.n_obs or not mod_names.isin(mdata.obs_names).all():
             raise ValueError(
-                f"Modality {name!r} has {mdata.mod[name].n_obs} cells but the MuData has {mdata.n_obs}: SCMVP needs "
-                "paired cells. Keep the shared cells with muon.pp.intersect_obs(mdata)."
+                f"Modality {name!r} has {mdata.mod[name].n_obs} cells but the MuData has {mdata.n_obs}. To train on "
+                "all of them (paired and single-modality cells together), pad the modalities and say what the "
+                "zero rows mean: mdata = scmvp_scvi.pp.pad_unpaired(mdata); "
+                "SCMVP.setup_mudata(mdata, missing_modality='zero_rows'). To keep only the paired cells: "
+                "muon.pp.intersect_obs(mdata)."
             )
         raise ValueError(
             f"Cells of modality {name!r} are ordered differently from mdata.obs_names. Reorder them, e.g. "

@@ -71,7 +71,7 @@ SETUP_ERRORS = [
     ("unknown modality", lambda m: (m, {"modalities": {"rna_layer": "gex"}}), ValueError, "is not a modality"),
     ("same modality twice", lambda m: (m, {"modalities": {"atac_layer": "rna"}}), ValueError, "two different"),
     ("missing layer", lambda m: (m, {"rna_layer": "counts"}), ValueError, "Layer 'counts' not found"),
-    ("cells differ", _unpaired, ValueError, "SCMVP needs paired cells"),
+    ("cells differ", _unpaired, ValueError, "pad_unpaired"),
     ("cells reordered", _reordered, ValueError, "ordered differently from mdata.obs_names"),
     ("negative count", _corrupt_rna_value(-1.0), ValueError, "contains negative values"),
     ("NaN count", _corrupt_rna_value(np.nan), ValueError, "contains NaN or infinite values"),

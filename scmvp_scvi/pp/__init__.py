@@ -6,6 +6,7 @@ step to a copy and returns it; by default the step changes the MuData it is give
 
 from ._features import binarize, highly_variable_genes, store_counts, tfidf, top_accessible_peaks
 from ._filter import PRESETS, cells_per_feature, detected_per_cell, filter_paired, filter_peak_prevalence
+from ._mosaic import pad_unpaired
 
 __all__ = [
     "PRESETS",
@@ -15,6 +16,7 @@ __all__ = [
     "filter_paired",
     "filter_peak_prevalence",
     "highly_variable_genes",
+    "pad_unpaired",
     "store_counts",
     "tfidf",
     "top_accessible_peaks",
