@@ -57,6 +57,11 @@ def modality_counts(codes: pd.Categorical | pd.Series) -> dict[str, int]:
     return {kind: int(counts.get(kind, 0)) for kind in KINDS}
 
 
+def describe_counts(counts: dict[str, int]) -> str:
+    """``"120 paired, 90 rna-only, 90 atac-only"``."""
+    return ", ".join(f"{n:,} {kind.replace('_', '-')}" for kind, n in counts.items())
+
+
 def masks(codes: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Boolean ``(has_rna, has_atac)`` columns of shape ``(n, 1)`` from a minibatch's codes (``None``: paired)."""
     if codes is None:

@@ -31,6 +31,7 @@ from ._modalities import (
     MISSING_MODALITY_OPTIONS,
     OBS_COLUMN,
     OBSERVED_MODALITIES_KEY,
+    describe_counts,
     modality_counts,
     observed_modalities,
 )
@@ -261,8 +262,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         super().view_anndata_setup(adata, hide_state_registries)
         target = self._target(adata)
         if self.is_mosaic and OBS_COLUMN in target.obs:
-            counts = modality_counts(target.obs[OBS_COLUMN])
-            print("Cells: " + ", ".join(f"{n:,} {kind.replace('_', '-')}" for kind, n in counts.items()))
+            print(f"Cells: {describe_counts(modality_counts(target.obs[OBS_COLUMN]))}")
 
     def _atac_idf(self) -> torch.Tensor:
         """Inverse document frequency of each peak over the registered cells, ``n / (1 + cells open)``."""
@@ -649,10 +649,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
             f"{batches} batch{'es' if batches != 1 else ''}."
         )
         if self.is_mosaic:
-            counts = self.observed_modality_counts
-            self._model_summary_string += (
-                " Cells: " + ", ".join(f"{n:,} {kind.replace('_', '-')}" for kind, n in counts.items()) + "."
-            )
+            self._model_summary_string += f" Cells: {describe_counts(self.observed_modality_counts)}."
 
     # ------------------------------------------------------------------ minibatch iteration
     @property
