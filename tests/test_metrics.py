@@ -106,6 +106,12 @@ def test_baselines():
     np.testing.assert_allclose(knn[5:], np.tile(profile_b / 8, (5, 1)))
     knn_atac = metrics.knn_imputation(counts, representation, "atac", n_neighbors=3)
     np.testing.assert_array_equal(knn_atac[0], [1, 0, 1, 0])
+    # neighbours from reference cells only: cells 0-4 can only reach the b cells 5-7
+    reference = np.r_[np.zeros(5, bool), np.ones(3, bool), np.zeros(2, bool)]
+    from_reference = metrics.knn_imputation(counts, representation, "rna", n_neighbors=2, reference=reference)
+    np.testing.assert_allclose(from_reference, np.tile(profile_b / 8, (10, 1)))
+    with pytest.raises(ValueError, match="reference cells"):
+        metrics.knn_imputation(counts, representation, "rna", n_neighbors=3, reference=reference)
     mean = metrics.mean_imputation(counts, "atac")
     np.testing.assert_allclose(mean, np.full((10, 4), 0.5))
     np.testing.assert_allclose(metrics.mean_imputation(counts, "rna")[3], (profile_a / 8 + profile_b / 8) / 2)

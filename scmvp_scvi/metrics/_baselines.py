@@ -42,17 +42,29 @@ def knn_imputation(
     representation: np.ndarray,
     modality: Literal["rna", "atac"],
     n_neighbors: int = 15,
+    reference: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each cell gets the mean profile of its ``n_neighbors`` nearest other cells in ``representation``.
 
-    The cell itself is left out, so its held-out entries cannot leak into its own imputation.
+    The cell itself is left out, so its held-out entries cannot leak into its own imputation. With
+    ``reference`` (a boolean mask of cells), the neighbours are drawn from those cells only: on a mosaic, the
+    paired cells, whose profile in the missing modality is known.
     """
     profiles = _profiles(counts, modality)
-    if representation.shape[0] != profiles.shape[0]:
-        raise ValueError("`representation` and `counts` must have the same cells.")
-    neighbors = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(representation)
-    index = neighbors.kneighbors(representation, return_distance=False)[:, 1:]
     n_cells = profiles.shape[0]
+    if representation.shape[0] != n_cells:
+        raise ValueError("`representation` and `counts` must have the same cells.")
+    candidates = np.arange(n_cells) if reference is None else np.flatnonzero(np.asarray(reference, dtype=bool))
+    if len(candidates) <= n_neighbors:
+        raise ValueError(f"Need more than n_neighbors={n_neighbors} reference cells, got {len(candidates)}.")
+    neighbors = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(representation[candidates])
+    found = candidates[neighbors.kneighbors(representation, return_distance=False)]
+    # drop the cell itself where it is among its neighbours, otherwise the farthest of the n_neighbors + 1
+    is_self = found == np.arange(n_cells)[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), n_neighbors)
+    keep = np.ones_like(found, dtype=bool)
+    keep[np.arange(n_cells), drop] = False
+    index = found[keep].reshape(n_cells, n_neighbors)
     weights = sparse.csr_matrix(
         (
             np.full(index.size, 1.0 / n_neighbors, dtype=np.float32),
