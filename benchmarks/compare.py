@@ -133,19 +133,31 @@ def train_multivi(train, args) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray
     return info, latent, rna, atac
 
 
-def pca_lsi(train, args) -> np.ndarray:
-    """20 PCs of scaled log-normalised RNA beside LSI components 2-21 of TF-IDF ATAC, each block of unit scale."""
-    import muon as mu
+def rna_pca(rna, seed: int) -> np.ndarray:
+    """20 principal components of scaled log-normalised RNA counts (the AnnData is copied, not changed)."""
     import scanpy as sc
 
-    rna, atac = train["rna"].copy(), train["atac"].copy()
+    rna = rna.copy()
     sc.pp.normalize_total(rna, target_sum=1e4)
     sc.pp.log1p(rna)
     sc.pp.scale(rna, max_value=10)
-    sc.tl.pca(rna, n_comps=20, random_state=args.seed)
+    sc.tl.pca(rna, n_comps=20, random_state=seed)
+    return rna.obsm["X_pca"]
+
+
+def atac_lsi(atac) -> np.ndarray:
+    """LSI components 2-21 of TF-IDF ATAC counts (the AnnData is copied, not changed)."""
+    import muon as mu
+
+    atac = atac.copy()
     mu.atac.pp.tfidf(atac, scale_factor=1e4)
     mu.atac.tl.lsi(atac, n_comps=21)
-    blocks = [rna.obsm["X_pca"], atac.obsm["X_lsi"][:, 1:]]  # the first LSI component follows sequencing depth
+    return atac.obsm["X_lsi"][:, 1:]  # the first LSI component follows sequencing depth
+
+
+def pca_lsi(train, args) -> np.ndarray:
+    """20 PCs of scaled log-normalised RNA beside LSI components 2-21 of TF-IDF ATAC, each block of unit scale."""
+    blocks = [rna_pca(train["rna"], args.seed), atac_lsi(train["atac"])]
     return np.hstack([block / np.sqrt(block.var(axis=0).sum()) for block in blocks]).astype(np.float32)
 
 

@@ -43,7 +43,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare import DEFAULT_DATA, epoch_timer, peak_rss_gb, read_data  # noqa: E402
+from compare import DEFAULT_DATA, atac_lsi, epoch_timer, peak_rss_gb, read_data, rna_pca  # noqa: E402
 
 ROOT = HERE.parent
 METHODS = ("scmvp", "scmvp_balanced", "multivi", "knn")
@@ -129,21 +129,10 @@ def run_multivi(mosaic, kinds: np.ndarray, args: argparse.Namespace) -> tuple[di
 
 def modality_spaces(mosaic, kinds: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """20 PCs of scaled log-normalised RNA and LSI components 2-21 of TF-IDF ATAC, each of the cells that have it."""
-    import muon as mu
-    import scanpy as sc
-
-    spaces = {}
-    rna = mosaic["rna"][kinds != "atac_only"].copy()
-    sc.pp.normalize_total(rna, target_sum=1e4)
-    sc.pp.log1p(rna)
-    sc.pp.scale(rna, max_value=10)
-    sc.tl.pca(rna, n_comps=20, random_state=seed)
-    spaces["rna"] = rna.obsm["X_pca"]
-    atac = mosaic["atac"][kinds != "rna_only"].copy()
-    mu.atac.pp.tfidf(atac, scale_factor=1e4)
-    mu.atac.tl.lsi(atac, n_comps=21)
-    spaces["atac"] = atac.obsm["X_lsi"][:, 1:]  # the first LSI component follows sequencing depth
-    return spaces
+    return {
+        "rna": rna_pca(mosaic["rna"][kinds != "atac_only"], seed),
+        "atac": atac_lsi(mosaic["atac"][kinds != "rna_only"]),
+    }
 
 
 def run_knn(mosaic, kinds: np.ndarray, args: argparse.Namespace) -> tuple[dict, None, np.ndarray, np.ndarray, dict]:
