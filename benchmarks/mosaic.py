@@ -43,6 +43,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from ablation import _mean_sd  # noqa: E402
 from compare import DEFAULT_DATA, atac_lsi, epoch_timer, peak_rss_gb, read_data, rna_pca  # noqa: E402
 
 ROOT = HERE.parent
@@ -238,18 +239,13 @@ ROWS = (
     ("hidden ATAC: AUPRC per peak", "hidden_atac_peak_auprc", 3),
     ("hidden ATAC: AUROC per cell", "hidden_atac_cell_auroc", 3),
     ("hidden ATAC: AUPRC per cell", "hidden_atac_cell_auprc", 3),
-    ("training minutes", "train_seconds", 1),
     ("epochs", "epochs", 0),
 )
 
 
 def _cell(runs: list[dict], key: str, digits: int) -> str:
-    values = [r[key] for r in runs if r.get(key) is not None and np.isfinite(r[key])]
-    if not values:
-        return "-"
-    if key == "train_seconds":
-        values, digits = [v / 60 for v in values], 1
-    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+    # a constant prediction has no correlation across cells (NaN): left out, "-" when nothing is left
+    return _mean_sd([r[key] for r in runs if r.get(key) is not None and np.isfinite(r[key])], digits)
 
 
 def load_runs(args: argparse.Namespace) -> dict[str, list[dict]]:
