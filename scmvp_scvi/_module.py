@@ -127,7 +127,8 @@ class SCMVPModule(BaseModuleClass):
     alignment_weight
         Weight, on mosaics, of ``KL(q_rna || q_joint) + KL(q_atac || q_joint)`` on the paired cells (the joint
         posterior held fixed in this term), which places the single-modality posteriors where the joint one puts
-        the same cell.
+        the same cell. At 1, ATAC-only cells of snare_cortex sat apart from paired cells of their type; 10 brings
+        them in (``docs/mosaic.md``).
     cross_modal_weight
         Weight, on mosaics, of decoding each modality of a paired cell from the other modality's posterior
         (scaled by that modality's reconstruction weight): the prediction single-modality cells receive.
@@ -161,7 +162,7 @@ class SCMVPModule(BaseModuleClass):
         encoder_input: str = "counts",
         atac_idf: torch.Tensor | None = None,
         library_fill: tuple[float, float] | None = None,
-        alignment_weight: float = 1.0,
+        alignment_weight: float = 10.0,
         cross_modal_weight: float = 1.0,
     ):
         super().__init__()
