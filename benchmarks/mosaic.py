@@ -281,14 +281,14 @@ def write_figure(runs: dict[str, list[dict]], path: Path) -> None:
         ("leiden_ari", "Leiden ARI\n(all cells)"),
         ("mixing_atac_only", "mixing of\nATAC-only cells"),
     )
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.2), layout="constrained")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.8), layout="constrained")
     for ax, (key, title) in zip(axes, panels, strict=True):
         methods = [m for m in runs if any(key in r for r in runs[m])]
         for x, method in enumerate(methods):
             values = [r[key] for r in runs[method] if key in r]
             ax.bar(x, np.mean(values), color="#c8d6e5", width=0.6)
             ax.scatter(np.full(len(values), x), values, color="#222f3e", s=14, zorder=3)
-        ax.set_xticks(range(len(methods)), [TITLES[m].replace(" ", "\n", 1) for m in methods], fontsize=8)
+        ax.set_xticks(range(len(methods)), [TITLES[m] for m in methods], fontsize=8, rotation=35, ha="right")
         ax.set_title(title, fontsize=10)
         if key == "hidden_atac_peak_auroc":
             ax.axhline(0.5, color="grey", lw=0.8, ls="--")
