@@ -36,7 +36,6 @@ from ._modalities import (
     observed_modalities,
 )
 from ._module import SCMVPModule
-from ._numerics import flush_denormals
 from ._progress import PhaseProgressBar, quiet_lightning
 from ._training_plan import SCMVPTrainingPlan
 from ._validation import (
@@ -525,7 +524,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), PhaseProgressBar(PHASE_LABELS[phase])]
             kwargs["simple_progress_bar"] = False
         try:
-            with quiet_lightning(), flush_denormals():
+            with quiet_lightning():
                 super().train(**kwargs)
         finally:
             self.is_trained_ = self.is_trained_ or was_trained
