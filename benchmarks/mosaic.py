@@ -34,6 +34,7 @@ reruns them), the table ``docs/mosaic_table.md`` and the figure ``docs/figures/<
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -88,26 +89,22 @@ BALANCED_MODEL = {
     "single_modality_weight": 1.0,
 }
 BALANCED_TRAIN = {"n_epochs_kl_warmup": 0, "gmm_variance": "posterior"}
+# model arguments of each SCMVP method; alignment_weight=1 was the default before it became 10
+SCMVP_MODELS = {"scmvp": {}, "scmvp_align1": {"alignment_weight": 1.0}, "scmvp_balanced": BALANCED_MODEL}
 
 
 def run_scmvp(
-    mosaic, kinds: np.ndarray, args: argparse.Namespace, recipe: str = "default"
+    mosaic, kinds: np.ndarray, args: argparse.Namespace, method: str = "scmvp"
 ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     import scmvp_scvi
     from scmvp_scvi._model import default_epochs
 
     scmvp_scvi.SCMVP.setup_mudata(mosaic, missing_modality="zero_rows")
-    balanced = recipe == "balanced"
-    model_kwargs = {
-        "default": {},
-        "align1": {"alignment_weight": 1.0},
-        "balanced": BALANCED_MODEL,
-    }[recipe]
-    model = scmvp_scvi.SCMVP(mosaic, **model_kwargs)
+    model = scmvp_scvi.SCMVP(mosaic, **SCMVP_MODELS[method])
     train_kwargs = {}
     if args.max_epochs is not None:
         train_kwargs = {"max_epochs": args.max_epochs, "pretrain_epochs": args.max_epochs}
-    if balanced:
+    if method == "scmvp_balanced":
         joint_epochs = args.max_epochs or default_epochs(mosaic.n_obs)
         train_kwargs.update(BALANCED_TRAIN, n_epochs_cluster_warmup=max(1, joint_epochs // 2))
     timer = epoch_timer()
@@ -226,9 +223,7 @@ def run(method: str, seed: int, args: argparse.Namespace) -> dict:
 
 
 RUNNERS = {
-    "scmvp": run_scmvp,
-    "scmvp_align1": lambda *a: run_scmvp(*a, recipe="align1"),
-    "scmvp_balanced": lambda *a: run_scmvp(*a, recipe="balanced"),
+    **{method: functools.partial(run_scmvp, method=method) for method in SCMVP_MODELS},
     "multivi": run_multivi,
     "knn": run_knn,
 }
