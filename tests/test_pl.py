@@ -65,7 +65,8 @@ def test_cluster_probabilities_heatmap_is_the_group_mean(trained, tmp_path):
     probs = mdata.obsm["scmvp_cluster_probs"]
     groups = mdata.obs["cell_type"].astype(str)
     expected = np.stack([probs[(groups == g).to_numpy()].mean(axis=0) for g in sorted(groups.unique())])
-    np.testing.assert_allclose(image.get_array(), expected, rtol=1e-6)
+    # float32 means summed in another order differ in the last bits: compare with an absolute floor
+    np.testing.assert_allclose(image.get_array(), expected, rtol=1e-5, atol=1e-8)
     assert [label.get_text() for label in heat.get_yticklabels()] == sorted(groups.unique())
     assert sum(bar.get_height() for bar in hist.patches) == mdata.n_obs
     assert (tmp_path / "clusters.pdf").read_bytes()[:4] == b"%PDF"
