@@ -93,20 +93,25 @@ BALANCED_TRAIN = {"n_epochs_kl_warmup": 0, "gmm_variance": "posterior"}
 SCMVP_MODELS = {"scmvp": {}, "scmvp_align1": {"alignment_weight": 1.0}, "scmvp_balanced": BALANCED_MODEL}
 
 
+def scmvp_train_kwargs(method: str, n_cells: int, max_epochs: int | None = None) -> dict:
+    """``SCMVP.train`` arguments of an SCMVP method (epochs per phase from its recipe unless given)."""
+    from scmvp_scvi._model import default_epochs
+
+    kwargs = {} if max_epochs is None else {"max_epochs": max_epochs, "pretrain_epochs": max_epochs}
+    if method == "scmvp_balanced":
+        joint_epochs = max_epochs or default_epochs(n_cells)
+        kwargs.update(BALANCED_TRAIN, n_epochs_cluster_warmup=max(1, joint_epochs // 2))
+    return kwargs
+
+
 def run_scmvp(
     mosaic, kinds: np.ndarray, args: argparse.Namespace, method: str = "scmvp"
 ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     import scmvp_scvi
-    from scmvp_scvi._model import default_epochs
 
     scmvp_scvi.SCMVP.setup_mudata(mosaic, missing_modality="zero_rows")
     model = scmvp_scvi.SCMVP(mosaic, **SCMVP_MODELS[method])
-    train_kwargs = {}
-    if args.max_epochs is not None:
-        train_kwargs = {"max_epochs": args.max_epochs, "pretrain_epochs": args.max_epochs}
-    if method == "scmvp_balanced":
-        joint_epochs = args.max_epochs or default_epochs(mosaic.n_obs)
-        train_kwargs.update(BALANCED_TRAIN, n_epochs_cluster_warmup=max(1, joint_epochs // 2))
+    train_kwargs = scmvp_train_kwargs(method, mosaic.n_obs, args.max_epochs)
     timer = epoch_timer()
     fit = {"accelerator": "cpu", "enable_progress_bar": False, "callbacks": [timer]}
     start = time.perf_counter()
@@ -116,17 +121,17 @@ def run_scmvp(
         # the model scored in between; the second call's clock leaves the scoring out
         model.train(**{**train_kwargs, "max_epochs": 0}, **fit)
         seconds = time.perf_counter() - start
-        pretrained = args.score(*_scmvp_outputs(model, kinds))
+        pretrained = args.score(*scmvp_outputs(model, kinds))
         start = time.perf_counter() - seconds
         train_kwargs["pretrain_epochs"] = 0
     model.train(**train_kwargs, **fit)
     info = {"train_seconds": time.perf_counter() - start, "epochs": len(timer.seconds)}
     if pretrained is not None:
         info["pretrained"] = pretrained
-    return info, *_scmvp_outputs(model, kinds)
+    return info, *scmvp_outputs(model, kinds)
 
 
-def _scmvp_outputs(model, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scmvp_outputs(model, kinds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The latent of all cells, the predicted RNA of the ATAC-only cells and ATAC of the RNA-only cells."""
     latent = model.get_latent_representation(key_added=None)
     rna = model.get_normalized_expression(return_numpy=True)[kinds == "atac_only"]
@@ -207,27 +212,31 @@ def prediction_scores(mdata, kinds: np.ndarray, rna: np.ndarray, atac: np.ndarra
     }
 
 
+def score_outputs(
+    mdata, kinds: np.ndarray, labels: np.ndarray, seed: int, latent: np.ndarray | None, rna, atac
+) -> dict[str, float]:
+    """Clustering and mixing of a latent of all cells (when there is one) and the scores of the predictions."""
+    from scmvp_scvi.metrics import clustering_report
+
+    scores = {}
+    if latent is not None:
+        report = clustering_report(latent, labels, seed=seed)
+        scores.update({k: report[k] for k in ("kmeans_ari", "kmeans_nmi", "leiden_ari", "leiden_nmi")})
+        scores.update(mixing(latent, kinds, labels))
+    return {**scores, **prediction_scores(mdata, kinds, rna, atac, "hidden_")}
+
+
 def run(method: str, seed: int, args: argparse.Namespace) -> dict:
     """Train one method on one seed's mosaic and score it."""
     import scvi
     import torch
-
-    from scmvp_scvi.metrics import clustering_report
 
     scvi.settings.seed = seed
     args.seed = seed
     mdata = read_data(argparse.Namespace(data=args.data, n_cells=args.n_cells, seed=0))
     mosaic, kinds = make_mosaic(mdata, seed)
     labels = mdata.obs[args.label_key].astype(str).to_numpy()
-
-    def score(latent: np.ndarray | None, rna: np.ndarray, atac: np.ndarray) -> dict[str, float]:
-        scores = {}
-        if latent is not None:
-            report = clustering_report(latent, labels, seed=seed)
-            scores.update({k: report[k] for k in ("kmeans_ari", "kmeans_nmi", "leiden_ari", "leiden_nmi")})
-            scores.update(mixing(latent, kinds, labels))
-        return {**scores, **prediction_scores(mdata, kinds, rna, atac, "hidden_")}
-
+    score = functools.partial(score_outputs, mdata, kinds, labels, seed)
     args.score = score
     info, latent, rna, atac, *extra = RUNNERS[method](mosaic, kinds, args)
     result = {
