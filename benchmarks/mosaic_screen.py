@@ -58,6 +58,23 @@ def active_dimensions(latent: np.ndarray, kinds: np.ndarray) -> dict[str, int]:
     return {f"active_dims_{kind}": int((latent[kinds == kind].var(axis=0) > 0.01).sum()) for kind in KINDS}
 
 
+def alignment_gaps(model, latent: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
+    """How far each single-modality encoder places the paired cells from their joint posterior.
+
+    The mean squared distance between a paired cell's RNA-only (ATAC-only) posterior mean and its joint one, over
+    the mean squared distance of the joint means from their centre: 0 when the encoders agree, about 2 when the
+    single-modality encoder places each cell as far off as a random other paired cell.
+    """
+    paired = kinds == "paired"
+    joint = latent[paired]
+    spread = ((joint - joint.mean(axis=0)) ** 2).sum(axis=1).mean()
+    gaps = {}
+    for modality in ("rna", "atac"):
+        single = model.get_latent_representation(modality=modality, key_added=None)[paired]
+        gaps[f"alignment_gap_{modality}"] = float(((single - joint) ** 2).sum(axis=1).mean() / spread)
+    return gaps
+
+
 def pretrained_model(args: argparse.Namespace, mosaic):
     """The method's model after pretraining and the mixture initialisation, trained once and then loaded."""
     import scmvp_scvi
@@ -103,6 +120,7 @@ def run_screen(name: str, args: argparse.Namespace) -> dict:
         "seconds": seconds,
         **score_outputs(mdata, kinds, labels, args.seed, latent, rna, atac),
         **active_dimensions(latent, kinds),
+        **alignment_gaps(model, latent, kinds),
     }
 
 
@@ -110,9 +128,16 @@ TABLE_COLUMNS = (
     ("Leiden ARI / NMI", ("leiden_ari", "leiden_nmi")),
     ("mixing: paired / RNA-only / ATAC-only", ("mixing_paired", "mixing_rna_only", "mixing_atac_only")),
     ("active dimensions: paired / RNA-only / ATAC-only", tuple(f"active_dims_{kind}" for kind in KINDS)),
+    ("alignment gap of paired cells: RNA / ATAC", ("alignment_gap_rna", "alignment_gap_atac")),
     ("hidden RNA: Pearson per gene", ("hidden_rna_gene_pearson",)),
     ("hidden ATAC: AUROC per peak", ("hidden_atac_peak_auroc",)),
 )
+
+
+def _format(value: float | int | None, key: str) -> str:
+    if value is None:  # scored before the measure was added
+        return "-"
+    return str(value) if key.startswith("active") else f"{value:.3f}"
 
 
 def write_table(args: argparse.Namespace) -> str:
@@ -126,17 +151,18 @@ def write_table(args: argparse.Namespace) -> str:
         "Produced by:",
         "",
         "```bash",
-        "python benchmarks/mosaic_screen.py --method scmvp_balanced --seed 0",
+        *[
+            f"python benchmarks/mosaic_screen.py --method {method} --seed {seed} --screens "
+            + " ".join(run["screen"] for run in runs if (run["method"], run["seed"]) == (method, seed))
+            for method, seed in dict.fromkeys((run["method"], run["seed"]) for run in runs)
+        ],
         "```",
         "",
         "| method | seed | screen | what it changes | " + " | ".join(title for title, _ in TABLE_COLUMNS) + " |",
         "|---|---|---|---|" + "---|" * len(TABLE_COLUMNS),
     ]
     for run in runs:
-        cells = [
-            " / ".join(str(run[key]) if key.startswith("active") else f"{run[key]:.3f}" for key in keys)
-            for _, keys in TABLE_COLUMNS
-        ]
+        cells = [" / ".join(_format(run.get(key), key) for key in keys) for _, keys in TABLE_COLUMNS]
         lines.append(
             f"| `{run['method']}` | {run['seed']} | `{run['screen']}` | {SCREENS[run['screen']][0]} | "
             + " | ".join(cells)
