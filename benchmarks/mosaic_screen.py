@@ -48,6 +48,7 @@ SCREENS: dict[str, tuple[str, dict, dict, str | None]] = {
         None,
     ),
     "joint_atac01": ("ATAC weight 0.1 in joint training, RNA weight unchanged", {"atac": 0.1}, {}, None),
+    "alignment50": ("alignment weight 50 in joint training (10 in pretraining)", {"alignment": 50.0}, {}, None),
     "nocluster": ("no cluster terms (cluster weight 0)", {"cluster": 0.0}, {}, None),
     "nosingle": ("no single-modality VAE terms in joint training", {"single": 0.0}, {}, None),
 }
