@@ -113,21 +113,9 @@ def run_scmvp(
     model = scmvp_scvi.SCMVP(mosaic, **SCMVP_MODELS[method])
     train_kwargs = scmvp_train_kwargs(method, mosaic.n_obs, args.max_epochs)
     timer = epoch_timer()
-    fit = {"accelerator": "cpu", "enable_progress_bar": False, "callbacks": [timer]}
     start = time.perf_counter()
-    pretrained = None
-    if args.score_pretrained:
-        # the same training in two calls (pretraining and the mixture initialisation, then joint training), with
-        # the model scored in between; the second call's clock leaves the scoring out
-        model.train(**{**train_kwargs, "max_epochs": 0}, **fit)
-        seconds = time.perf_counter() - start
-        pretrained = args.score(*scmvp_outputs(model, kinds))
-        start = time.perf_counter() - seconds
-        train_kwargs["pretrain_epochs"] = 0
-    model.train(**train_kwargs, **fit)
+    model.train(**train_kwargs, accelerator="cpu", enable_progress_bar=False, callbacks=[timer])
     info = {"train_seconds": time.perf_counter() - start, "epochs": len(timer.seconds)}
-    if pretrained is not None:
-        info["pretrained"] = pretrained
     return info, *scmvp_outputs(model, kinds)
 
 
@@ -236,8 +224,6 @@ def run(method: str, seed: int, args: argparse.Namespace) -> dict:
     mdata = read_data(argparse.Namespace(data=args.data, n_cells=args.n_cells, seed=0))
     mosaic, kinds = make_mosaic(mdata, seed)
     labels = mdata.obs[args.label_key].astype(str).to_numpy()
-    score = functools.partial(score_outputs, mdata, kinds, labels, seed)
-    args.score = score
     info, latent, rna, atac, *extra = RUNNERS[method](mosaic, kinds, args)
     result = {
         "method": method,
@@ -245,7 +231,7 @@ def run(method: str, seed: int, args: argparse.Namespace) -> dict:
         "n_cells": int(mdata.n_obs),
         "cells_per_kind": {kind: int((kinds == kind).sum()) for kind in KINDS},
         **info,
-        **score(latent, rna, atac),
+        **score_outputs(mdata, kinds, labels, seed, latent, rna, atac),
     }
     if extra:
         result["mean"] = prediction_scores(mdata, kinds, *extra[0].values(), "hidden_")
@@ -355,12 +341,6 @@ def write_table(args: argparse.Namespace, runs: dict[str, list[dict]], figure: P
     return table
 
 
-def _rounded(value):
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    return round(value, 4) if isinstance(value, float) else value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="labelled paired .h5mu (modalities rna, atac)")
@@ -376,11 +356,6 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max-epochs", type=int, default=None, help="SCMVP epochs per phase (default: its recipe)")
     parser.add_argument("--multivi-max-epochs", type=int, default=100)
-    parser.add_argument(
-        "--score-pretrained",
-        action="store_true",
-        help="SCMVP: also score the model after pretraining (key 'pretrained' of the result file)",
-    )
     parser.add_argument("--n-cells", type=int, default=None, help="a seeded subsample of cells")
     parser.add_argument("--name", default=None, help="result name (default: the data file's stem)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "mosaic")
@@ -395,7 +370,7 @@ def main() -> None:
     if args.run:
         method, seed = args.run[0], int(args.run[1])
         result = run(method, seed, args)
-        result = _rounded(result)
+        result = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
         path = args.results / f"{args.name}_{method}_seed{seed}.json"
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps(result, indent=1), flush=True)

@@ -90,18 +90,23 @@ def pretrained_model(args: argparse.Namespace, mosaic):
     return model
 
 
-def run_screen(name: str, args: argparse.Namespace) -> dict:
+def seed_mosaic(args: argparse.Namespace) -> tuple:
+    """The labelled data, this seed's mosaic (set up for SCMVP), the kind of each cell and the labels."""
+    import scmvp_scvi
+
+    mdata = read_data(argparse.Namespace(data=args.data, n_cells=args.n_cells, seed=0))
+    mosaic, kinds = make_mosaic(mdata, args.seed)
+    scmvp_scvi.SCMVP.setup_mudata(mosaic, missing_modality="zero_rows")
+    return mdata, mosaic, kinds, mdata.obs[args.label_key].astype(str).to_numpy()
+
+
+def run_screen(name: str, args: argparse.Namespace, data: tuple) -> dict:
     """Load the pretrained model, change one part, train the joint phase and score it."""
     import scvi
 
-    import scmvp_scvi
-
     _, weights, changed, variance = SCREENS[name]
+    mdata, mosaic, kinds, labels = data
     scvi.settings.seed = args.seed
-    mdata = read_data(argparse.Namespace(data=args.data, n_cells=args.n_cells, seed=0))
-    mosaic, kinds = make_mosaic(mdata, args.seed)
-    labels = mdata.obs[args.label_key].astype(str).to_numpy()
-    scmvp_scvi.SCMVP.setup_mudata(mosaic, missing_modality="zero_rows")
     model = pretrained_model(args, mosaic)
     model.module.weights.update(weights)
     start = time.perf_counter()
@@ -148,8 +153,8 @@ def write_table(args: argparse.Namespace) -> str:
     lines = [
         "<!-- written by benchmarks/mosaic_screen.py; included by mosaic.md -->",
         "",
-        "One seed per row; the joint phase starts from the same pretrained model in every row of a method and seed. "
-        "Produced by:",
+        "One seed per row; the joint phase starts from the same pretrained model in every row of a method and seed "
+        "(`-`: not measured in that run). Produced by:",
         "",
         "```bash",
         *[
@@ -191,8 +196,9 @@ def main() -> None:
     args = parser.parse_args()
     args.name = args.name or args.data.stem
     args.results.mkdir(parents=True, exist_ok=True)
+    data = None if args.table_only else seed_mosaic(args)
     for name in [] if args.table_only else args.screens:
-        result = run_screen(name, args)
+        result = run_screen(name, args, data)
         result = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
         (args.results / f"{args.name}_{args.method}_seed{args.seed}_{name}.json").write_text(
             json.dumps(result, indent=1) + "\n"
