@@ -27,7 +27,15 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from compare import DEFAULT_DATA, read_data  # noqa: E402
-from mosaic import KINDS, SCMVP_MODELS, make_mosaic, scmvp_outputs, scmvp_train_kwargs, score_outputs  # noqa: E402
+from mosaic import (  # noqa: E402
+    KINDS,
+    SCMVP_MODELS,
+    make_mosaic,
+    pretrained_model,
+    scmvp_outputs,
+    scmvp_train_kwargs,
+    score_outputs,
+)
 
 # name -> (what it changes, module weights to set, SCMVP.train arguments to change, mixture variances to re-initialise
 # with or None); "pretrained" is not trained further
@@ -76,20 +84,6 @@ def alignment_gaps(model, latent: np.ndarray, kinds: np.ndarray) -> dict[str, fl
     return gaps
 
 
-def pretrained_model(args: argparse.Namespace, mosaic):
-    """The method's model after pretraining and the mixture initialisation, trained once and then loaded."""
-    import scmvp_scvi
-
-    path = args.models / f"{args.name}_{args.method}_seed{args.seed}_pretrained"
-    if path.exists():
-        return scmvp_scvi.SCMVP.load(path, adata=mosaic)
-    model = scmvp_scvi.SCMVP(mosaic, **SCMVP_MODELS[args.method])
-    train_kwargs = scmvp_train_kwargs(args.method, mosaic.n_obs, args.epochs)
-    model.train(**{**train_kwargs, "max_epochs": 0}, accelerator="cpu", enable_progress_bar=False)
-    model.save(path, overwrite=True)
-    return model
-
-
 def seed_mosaic(args: argparse.Namespace) -> tuple:
     """The labelled data, this seed's mosaic (set up for SCMVP), the kind of each cell and the labels."""
     import scmvp_scvi
@@ -107,14 +101,16 @@ def run_screen(name: str, args: argparse.Namespace, data: tuple) -> dict:
     _, weights, changed, variance = SCREENS[name]
     mdata, mosaic, kinds, labels = data
     scvi.settings.seed = args.seed
-    model = pretrained_model(args, mosaic)
+    train_kwargs = scmvp_train_kwargs(args.method, mosaic.n_obs, args.epochs)
+    path = args.models / f"{args.name}_{args.method}_seed{args.seed}_pretrained"
+    model = pretrained_model(path, mosaic, args.method, train_kwargs)
     model.module.weights.update(weights)
     start = time.perf_counter()
     if variance is not None:
         model.initialize_gmm(variance=variance)
     if name != "pretrained":
         # a None in the screen's changes means SCMVP.train's default; the mixture is initialised already
-        train_kwargs = {**scmvp_train_kwargs(args.method, mosaic.n_obs, args.epochs), **changed, "pretrain_epochs": 0}
+        train_kwargs = {**train_kwargs, **changed, "pretrain_epochs": 0}
         train_kwargs = {k: v for k, v in train_kwargs.items() if v is not None and k != "gmm_variance"}
         model.train(**train_kwargs, accelerator="cpu", enable_progress_bar=False)
     seconds = time.perf_counter() - start

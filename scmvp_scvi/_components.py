@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from scvi.nn import FCLayers
@@ -374,3 +376,22 @@ def rebuild_cluster_attention(decoder: TwoChannelDecoder, n_components: int) -> 
     """Replace the decoder's attention module by a fresh one for ``n_components`` clusters."""
     device = decoder.rna_scale.weight.device
     decoder.cluster_attention = ClusterAttention(n_components, decoder.n_hidden).to(device)
+
+
+@contextmanager
+def running_statistics_kept(*modules: nn.Module) -> Iterator[None]:
+    """Leave the running statistics of the batch norms in ``modules`` unchanged inside the block.
+
+    The layers still normalise with the minibatch statistics in training mode, so training computes the same
+    thing; only the statistics used at inference are kept from being averaged with inputs that are not data
+    (the cycle head's re-encoded means, whose peak profiles look nothing like counts).
+    """
+    norms = [m for module in modules for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum

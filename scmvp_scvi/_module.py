@@ -19,6 +19,7 @@ from ._components import (
     RNAEncoder,
     TwoChannelDecoder,
     rebuild_cluster_attention,
+    running_statistics_kept,
 )
 from ._likelihoods import ATAC_LIKELIHOODS, LIKELIHOODS, RNA_LIKELIHOODS, observation_model
 from ._modalities import OBSERVED_MODALITIES_KEY, masks
@@ -554,10 +555,12 @@ class SCMVPModule(BaseModuleClass):
         # cycle: re-encode the decoded means with the single-modality encoders
         mu_rna = generative_outputs["px_rna"].mu
         mu_atac = generative_outputs["px_atac"].mu
-        q_cycle = self.fusion(
-            self.rna_encoder(self._encoder_input(mu_rna, inference_outputs["library_rna"], "rna"), *covariates),
-            self.atac_encoder(self._encoder_input(mu_atac, inference_outputs["library_atac"], "atac"), *covariates),
-        )
+        # the re-encoded means must not enter the statistics the encoders normalise data with at inference
+        with running_statistics_kept(self.rna_encoder, self.atac_encoder):
+            q_cycle = self.fusion(
+                self.rna_encoder(self._encoder_input(mu_rna, inference_outputs["library_rna"], "rna"), *covariates),
+                self.atac_encoder(self._encoder_input(mu_atac, inference_outputs["library_atac"], "atac"), *covariates),
+            )
         log_gamma_cycle = self.prior.log_responsibilities(q_cycle.rsample())
         kl_cycle = _only(kl_divergence(q_fused, q_cycle).sum(-1), paired)
 

@@ -329,3 +329,35 @@ def test_joint_atac_weight_acts_in_joint_training_only():
     without, nll_atac = loss_and_nll()
     module.weights["joint_atac"] = None  # follows atac_weight
     assert torch.isclose(loss_and_nll()[0] - without, 0.7 * nll_atac, rtol=1e-4)
+
+
+def test_cycle_head_leaves_the_encoders_inference_statistics_alone():
+    """A joint-training step updates the encoders' batch-norm running statistics from the data only."""
+    import copy
+
+    from scvi import REGISTRY_KEYS
+
+    from scmvp_scvi._module import SCMVPModule
+
+    torch.manual_seed(0)
+    module = SCMVPModule(20, 30, n_latent=4, n_hidden=16, n_heads=4)
+    module.initialize_gmm(torch.randn(3, 4), torch.ones(3, 4), torch.full((3,), 1 / 3))
+    tensors = {
+        REGISTRY_KEYS.X_KEY: torch.poisson(torch.full((16, 20), 2.0)),
+        REGISTRY_KEYS.ATAC_X_KEY: (torch.rand(16, 30) < 0.2).float(),
+        REGISTRY_KEYS.BATCH_KEY: torch.zeros(16, 1),
+    }
+
+    def statistics(m):
+        return {k: v.clone() for k, v in m.state_dict().items() if "running_" in k and "encoder" in k}
+
+    encode_only = copy.deepcopy(module).train()
+    encode_only.inference(**encode_only._get_inference_input(tensors))
+    module.train()
+    module(tensors)  # inference, decoding and the loss with its cycle head
+    expected, observed = statistics(encode_only), statistics(module)
+    assert expected and any("atac_encoder" in k for k in expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(observed[key], value, msg=key)
+    # the layers themselves keep their momentum, so the data still updates the statistics
+    assert all(m.momentum == 0.01 for m in module.modules() if isinstance(m, torch.nn.BatchNorm1d))
