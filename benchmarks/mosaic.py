@@ -109,12 +109,20 @@ def scmvp_train_kwargs(method: str, n_cells: int, max_epochs: int | None = None)
     return kwargs
 
 
-def pretrained_model(path: Path, mosaic, method: str, train_kwargs: dict):
-    """The method's model after pretraining and the mixture initialisation: loaded from ``path``, or trained and
-    saved there (pretraining does not depend on joint-training options, so runs that differ only in those share it).
+def pretrained_path(args: argparse.Namespace, method: str) -> Path:
+    """Where the method's model after pretraining on this seed's mosaic is kept."""
+    return args.models / f"{args.name}_{method}_seed{args.seed}_pretrained"
+
+
+def pretrained_model(args: argparse.Namespace, method: str, mosaic, train_kwargs: dict):
+    """The method's model after pretraining and the mixture initialisation on this seed's mosaic.
+
+    Loaded from ``args.models``, or trained and saved there: pretraining does not depend on joint-training options,
+    so runs that differ only in those share it.
     """
     import scmvp_scvi
 
+    path = pretrained_path(args, method)
     if path.exists():
         return scmvp_scvi.SCMVP.load(path, adata=mosaic)
     model = scmvp_scvi.SCMVP(mosaic, **SCMVP_MODELS[method])
@@ -130,21 +138,17 @@ def run_scmvp(
 
     scmvp_scvi.SCMVP.setup_mudata(mosaic, missing_modality="zero_rows")
     train_kwargs = scmvp_train_kwargs(method, mosaic.n_obs, args.max_epochs)
-    timer = epoch_timer()
     start = time.perf_counter()
     if args.models is None:
-        model = scmvp_scvi.SCMVP(mosaic, **SCMVP_MODELS[method])
-        model.train(**train_kwargs, accelerator="cpu", enable_progress_bar=False, callbacks=[timer])
-        info = {"train_seconds": time.perf_counter() - start, "epochs": len(timer.seconds)}
+        model, info = scmvp_scvi.SCMVP(mosaic, **SCMVP_MODELS[method]), {}
     else:
-        path = args.models / f"{args.name}_{method}_seed{args.seed}_pretrained"
-        model = pretrained_model(path, mosaic, method, train_kwargs)
-        pretrain_epochs = int((model.history["training_phase"]["training_phase"] == "pretraining").sum())
-        model.train(
-            **{**train_kwargs, "pretrain_epochs": 0}, accelerator="cpu", enable_progress_bar=False, callbacks=[timer]
-        )
+        model = pretrained_model(args, method, mosaic, train_kwargs)
+        train_kwargs["pretrain_epochs"] = 0
         # the loaded pretraining was not timed in this run
-        info = {"train_seconds": None, "epochs": pretrain_epochs + len(timer.seconds), "pretrained": path.name}
+        info = {"train_seconds": None, "pretrained": pretrained_path(args, method).name}
+    model.train(**train_kwargs, accelerator="cpu", enable_progress_bar=False)
+    # epochs of both phases, a loaded pretraining's included
+    info = {"train_seconds": time.perf_counter() - start, **info, "epochs": len(model.history["training_phase"])}
     return info, *scmvp_outputs(model, kinds)
 
 

@@ -74,12 +74,12 @@ def alignment_gaps(model, latent: np.ndarray, kinds: np.ndarray) -> dict[str, fl
     the mean squared distance of the joint means from their centre: 0 when the encoders agree, about 2 when the
     single-modality encoder places each cell as far off as a random other paired cell.
     """
-    paired = kinds == "paired"
+    paired = np.flatnonzero(kinds == "paired")
     joint = latent[paired]
     spread = ((joint - joint.mean(axis=0)) ** 2).sum(axis=1).mean()
     gaps = {}
     for modality in ("rna", "atac"):
-        single = model.get_latent_representation(modality=modality, key_added=None)[paired]
+        single = model.get_latent_representation(indices=paired, modality=modality, key_added=None)
         gaps[f"alignment_gap_{modality}"] = float(((single - joint) ** 2).sum(axis=1).mean() / spread)
     return gaps
 
@@ -102,8 +102,7 @@ def run_screen(name: str, args: argparse.Namespace, data: tuple) -> dict:
     mdata, mosaic, kinds, labels = data
     scvi.settings.seed = args.seed
     train_kwargs = scmvp_train_kwargs(args.method, mosaic.n_obs, args.epochs)
-    path = args.models / f"{args.name}_{args.method}_seed{args.seed}_pretrained"
-    model = pretrained_model(path, mosaic, args.method, train_kwargs)
+    model = pretrained_model(args, args.method, mosaic, train_kwargs)
     model.module.weights.update(weights)
     start = time.perf_counter()
     if variance is not None:
@@ -136,9 +135,7 @@ TABLE_COLUMNS = (
 )
 
 
-def _format(value: float | int | None, key: str) -> str:
-    if value is None:  # scored before the measure was added
-        return "-"
+def _format(value: float | int, key: str) -> str:
     return str(value) if key.startswith("active") else f"{value:.3f}"
 
 
@@ -149,8 +146,8 @@ def write_table(args: argparse.Namespace) -> str:
     lines = [
         "<!-- written by benchmarks/mosaic_screen.py; included by mosaic.md -->",
         "",
-        "One seed per row; the joint phase starts from the same pretrained model in every row of a method and seed "
-        "(`-`: not measured in that run). Produced by:",
+        "One seed per row; the joint phase starts from the same pretrained model in every row of a method and seed. "
+        "Produced by:",
         "",
         "```bash",
         *[
@@ -164,7 +161,7 @@ def write_table(args: argparse.Namespace) -> str:
         "|---|---|---|---|" + "---|" * len(TABLE_COLUMNS),
     ]
     for run in runs:
-        cells = [" / ".join(_format(run.get(key), key) for key in keys) for _, keys in TABLE_COLUMNS]
+        cells = [" / ".join(_format(run[key], key) for key in keys) for _, keys in TABLE_COLUMNS]
         lines.append(
             f"| `{run['method']}` | {run['seed']} | `{run['screen']}` | {SCREENS[run['screen']][0]} | "
             + " | ".join(cells)
