@@ -793,13 +793,21 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
             raise ValueError(f"modality must be one of {tuple(POSTERIORS)}, got {modality!r}.")
         key = POSTERIORS[modality]
         n_latent = self.module.n_latent
+
+        def measured(inf: dict, values: torch.Tensor) -> torch.Tensor:
+            # a mosaic cell without this modality has no posterior of it: NaN, not a made-up position
+            rows = inf.get(f"has_{modality}")
+            return values if rows is None else values.masked_fill(~rows, float("nan"))
+
         if return_dist:
             outputs = {
-                "mean": (n_latent, lambda inf, gen: inf[key].loc),
-                "variance": (n_latent, lambda inf, gen: inf[key].scale.square()),
+                "mean": (n_latent, lambda inf, gen: measured(inf, inf[key].loc)),
+                "variance": (n_latent, lambda inf, gen: measured(inf, inf[key].scale.square())),
             }
         else:
-            outputs = {"mean": (n_latent, lambda inf, gen: inf[key].loc if give_mean else inf[key].sample())}
+            outputs = {
+                "mean": (n_latent, lambda inf, gen: measured(inf, inf[key].loc if give_mean else inf[key].sample()))
+            }
         kwargs.update(decode=False, single_modalities=modality != "joint")
         return self._fill(adata, indices, batch_size, outputs, **kwargs)
 
@@ -844,7 +852,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
             Minibatches to embed instead of ``adata`` and ``indices`` (an scvi-tools inference data loader, e.g.
             ``model._make_data_loader(...)``); nothing is written.
         modality
-            ``"joint"`` (the scMVP latent), ``"rna"`` or ``"atac"`` (single-modality encoders).
+            ``"joint"`` (the scMVP latent), ``"rna"`` or ``"atac"`` (single-modality encoders). On a mosaic, the
+            rows of cells that lack that modality are NaN.
         key_added
             ``.obsm`` key of the MuData for the result (``"X_scmvp"``; ``"X_scmvp_rna"``/``"X_scmvp_atac"``
             for single modalities). ``None`` writes nothing.

@@ -361,3 +361,46 @@ def test_cycle_head_leaves_the_encoders_inference_statistics_alone():
         torch.testing.assert_close(observed[key], value, msg=key)
     # the layers themselves keep their momentum, so the data still updates the statistics
     assert all(m.momentum == 0.01 for m in module.modules() if isinstance(m, torch.nn.BatchNorm1d))
+
+
+def test_mosaic_encoders_see_only_the_measured_rows():
+    """Unmeasured all-zero rows of a mosaic neither enter the encoders' batch norm nor change the other cells."""
+    import copy
+
+    from scvi import REGISTRY_KEYS
+
+    from scmvp_scvi._modalities import KINDS, OBSERVED_MODALITIES_KEY
+    from scmvp_scvi._module import SCMVPModule
+
+    torch.manual_seed(0)
+    module = SCMVPModule(20, 30, n_latent=4, n_hidden=16, n_heads=4, dropout_rate=0.0, library_fill=(3.0, 2.0))
+    kinds = torch.tensor([0] * 8 + [1] * 4 + [2] * 4)  # paired, RNA-only, ATAC-only
+    x = torch.poisson(torch.full((16, 20), 2.0))
+    y = (torch.rand(16, 30) < 0.2).float()
+    x[kinds == KINDS.index("atac_only")] = 0
+    y[kinds == KINDS.index("rna_only")] = 0
+    tensors = {
+        REGISTRY_KEYS.X_KEY: x,
+        REGISTRY_KEYS.ATAC_X_KEY: y,
+        REGISTRY_KEYS.BATCH_KEY: torch.zeros(16, 1),
+        OBSERVED_MODALITIES_KEY: kinds.reshape(-1, 1).float(),
+    }
+
+    def statistics(m, encoder):
+        return {k: v.clone() for k, v in m.state_dict().items() if "running_" in k and k.startswith(encoder)}
+
+    mixed = copy.deepcopy(module).train()
+    outputs = mixed.inference(**mixed._get_inference_input(tensors), use_mean=True)
+    for encoder, rows in (("joint_encoder", kinds == 0), ("rna_encoder", kinds != 2), ("atac_encoder", kinds != 1)):
+        alone = copy.deepcopy(module).train()
+        subset = {k: v[rows] for k, v in tensors.items()}
+        expected = alone.inference(**alone._get_inference_input(subset), use_mean=True)
+        observed = statistics(mixed, encoder)
+        assert observed
+        for key, value in statistics(alone, encoder).items():
+            torch.testing.assert_close(observed[key], value, msg=key)
+        # each cell's posterior depends only on the measured cells of its minibatch
+        name = {"joint_encoder": "qz_joint", "rna_encoder": "qz_rna", "atac_encoder": "qz_atac"}[encoder]
+        torch.testing.assert_close(outputs[name].loc[rows], expected[name].loc)
+    # the cells that lack a modality get no posterior of it in the outputs
+    assert outputs["has_rna"].reshape(-1).tolist() == (kinds != 2).tolist()

@@ -137,6 +137,12 @@ def test_mosaic_model_predicts_the_hidden_modality(tmp_path, fast_train):
     paired = mdata.obs[OBS_COLUMN].astype(str).to_numpy() == "paired"
     classifier = KNeighborsClassifier(15).fit(latent[paired], labels[paired])
     assert (classifier.predict(latent[~paired]) == labels[~paired]).mean() > 0.9
+    # a single-modality latent exists only for the cells measured in that modality
+    for modality, other in (("rna", "atac"), ("atac", "rna")):
+        single = model.get_latent_representation(modality=modality, key_added=None)
+        missing = np.isnan(single).any(1)
+        np.testing.assert_array_equal(np.flatnonzero(missing), np.sort(hidden[modality]))
+        assert np.isfinite(single[hidden[other]]).all()
 
     model.save(tmp_path / "mosaic")
     loaded = SCMVP.load(tmp_path / "mosaic", adata=mdata)
