@@ -337,23 +337,22 @@ class SCMVPModule(BaseModuleClass):
         x_log = self._encoder_input(x_rna, library_rna, "rna")
         y_log = self._encoder_input(x_atac, library_atac, "atac")
 
-        has_rna, has_atac = masks(observed)
-        paired = None if has_rna is None else has_rna & has_atac
-        qz = self._encode_rows(self.joint_encoder, paired, x_log, y_log, *covariates)
+        # On mosaics every encoder sees every cell of the minibatch, unmeasured all-zero rows included. Encoding
+        # each cell only with the encoders of its modalities (so that those rows stay out of batch norm) was
+        # measured and is worse on snare_cortex: see the mosaic page of the docs.
+        qz = self.joint_encoder(x_log, y_log, *covariates)
         outputs = {"qz_rna": None, "qz_atac": None, "z_rna": None, "z_atac": None}
+        has_rna, has_atac = masks(observed)
         if single_modalities or has_rna is not None:
-            for name, encoder, data, rows in (
-                ("rna", self.rna_encoder, x_log, has_rna),
-                ("atac", self.atac_encoder, y_log, has_atac),
-            ):
-                q = self._encode_rows(encoder, rows, data, *covariates)
+            for name, encoder, data in (("rna", self.rna_encoder, x_log), ("atac", self.atac_encoder, y_log)):
+                q = encoder(data, *covariates)
                 outputs[f"qz_{name}"], outputs[f"z_{name}"] = q, q.loc if use_mean else q.rsample()
         if has_rna is not None:
             outputs["has_rna"], outputs["has_atac"] = has_rna, has_atac
             # each cell is encoded from what was measured; a missing modality gets a typical library size
             library_rna = torch.where(has_rna, library_rna, self.library_fill[0])
             library_atac = torch.where(has_atac, library_atac, self.library_fill[1])
-            q_rna, q_atac = outputs["qz_rna"], outputs["qz_atac"]
+            q_rna, q_atac, paired = outputs["qz_rna"], outputs["qz_atac"], has_rna & has_atac
             outputs["qz_joint"] = qz
             qz = Normal(
                 torch.where(paired, qz.loc, torch.where(has_rna, q_rna.loc, q_atac.loc)),
@@ -369,27 +368,6 @@ class SCMVPModule(BaseModuleClass):
             "library_atac": library_atac,
             "log_gamma": log_gamma,
         }
-
-    def _encode_rows(self, encoder: nn.Module, rows: torch.Tensor | None, *inputs: torch.Tensor) -> Normal:
-        """Encode only the cells of ``rows`` (``None``: all), so that unmeasured rows of a mosaic stay out of it.
-
-        An all-zero row that stands for a missing modality would otherwise enter the minibatch statistics of the
-        encoder's batch-norm layers, in training and in their running averages. The other cells get the standard
-        normal, which the losses and outputs of those cells never use. A training minibatch with a single such
-        cell encodes the whole minibatch instead, because batch norm cannot train on one row.
-        """
-        if rows is None:
-            return encoder(*inputs)
-        rows = rows.reshape(-1)
-        n_rows = int(rows.sum())
-        if n_rows == rows.numel() or (self.training and n_rows == 1):
-            return encoder(*inputs)
-        loc = inputs[0].new_zeros(rows.numel(), self.n_latent)
-        scale = torch.ones_like(loc)
-        if n_rows > 0:
-            q = encoder(*(tensor[rows] for tensor in inputs))
-            loc, scale = loc.index_put((rows,), q.loc), scale.index_put((rows,), q.scale)
-        return Normal(loc, scale)
 
     def _cached_inference(
         self,
