@@ -183,7 +183,8 @@ def write_table(results: Path, table: Path) -> str:
     lines = [
         "<!-- written by benchmarks/joint_screen.py; included by ablation.md -->",
         "",
-        "From the pretrained model of `balanced_prior_balance_single` with the seed given, 15 epochs per screen; "
+        "From the pretrained model of `balanced_prior_balance_single` (seed 0) or `balanced_prior_balance` (seed 1, "
+        "the same pretraining options, run after the fix of bug 8) with the seed given, 15 epochs per screen; "
         "Leiden is the best-NMI clustering over resolutions 0.1-2.0. Produced by:",
         "",
         "```bash",
