@@ -355,6 +355,7 @@ ROWS = [
     ("Mixture components used / K", ("final.mixture.n_used", "final.mixture.n_components")),
     ("Smallest mixture cluster (cells)", ("final.mixture.smallest_used",)),
     ("RNA-only latent: Leiden ARI / NMI", ("final.rna.leiden_ari", "final.rna.leiden_nmi")),
+    ("Pretrained RNA-only latent: Leiden ARI / NMI", ("pretrained.rna.leiden_ari", "pretrained.rna.leiden_nmi")),
     ("ATAC-only latent: Leiden ARI / NMI", ("final.atac.leiden_ari", "final.atac.leiden_nmi")),
     ("ATAC-only latent: KMeans ARI / NMI", ("final.atac.kmeans_ari", "final.atac.kmeans_nmi")),
     ("Pretrained ATAC-only latent: Leiden ARI / NMI", ("pretrained.atac.leiden_ari", "pretrained.atac.leiden_nmi")),
@@ -426,6 +427,20 @@ def _cell(results: list[dict], paths: tuple[str, ...]) -> str:
     return " / ".join(parts)
 
 
+def _commands(by_variant: dict[str, list[dict]], variants: list[str]) -> list[str]:
+    """The commands that produce the table's columns, from what each result file records."""
+    # results written before "pretrained_by" was recorded were pretrained by their own variant
+    sources = {v: {r.get("pretrained_by", v) for r in by_variant[v]} - {v} for v in by_variant}
+    saved = set().union(*sources.values())
+    commands = []
+    for variant in [*variants, *(["baselines"] if "baselines" in by_variant else [])]:
+        command = f"python benchmarks/ablation.py --variants {variant}"
+        command += " --save-models DIR" if variant in saved else ""
+        command += " --from-pretrained DIR" if sources[variant] else ""
+        commands.append(command)
+    return commands
+
+
 def write_table(args: argparse.Namespace) -> str:
     """Mean ± standard deviation over seeds of every variant and baseline with results."""
     files = sorted(args.results.glob(f"{args.name}_*_seed*.json"))
@@ -449,7 +464,7 @@ def write_table(args: argparse.Namespace) -> str:
         "phase); the header's n counts all runs. Produced by:",
         "",
         "```bash",
-        args.command,
+        *_commands(by_variant, variants),
         "```",
         "",
         "| variant | what it changes |",
@@ -551,7 +566,6 @@ def main() -> None:
                 print(f"== {variant}, seed {seed}", flush=True)
                 command = [sys.executable, __file__, *sys.argv[1:], "--run", variant, str(seed)]
                 subprocess.run(command, check=True)
-    args.command = " ".join(["python benchmarks/ablation.py", *(a for a in sys.argv[1:] if a != "--table-only")])
     print(write_table(args))
 
 

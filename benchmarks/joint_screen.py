@@ -183,9 +183,8 @@ def write_table(results: Path, table: Path) -> str:
     lines = [
         "<!-- written by benchmarks/joint_screen.py; included by ablation.md -->",
         "",
-        "From the pretrained model of `balanced_prior_balance_single` (seed 0) or `balanced_prior_balance` (seed 1, "
-        "the same pretraining options, run after the fix of bug 8) with the seed given, 15 epochs per screen; "
-        "Leiden is the best-NMI clustering over resolutions 0.1-2.0. Produced by:",
+        "Each row starts from the saved pretrained model named in it (`ablation.py --save-models`), 15 epochs per "
+        "screen; Leiden is the best-NMI clustering over resolutions 0.1-2.0. Produced by:",
         "",
         "```bash",
         "python benchmarks/ablation.py --variants balanced_prior_balance_single --seeds 0 --save-models models",
@@ -198,7 +197,8 @@ def write_table(results: Path, table: Path) -> str:
     ]
     for (name, seed), result in sorted(runs.items(), key=lambda item: (list(SCREENS).index(item[0][0]), item[0][1])):
         cells = [" / ".join(_value(result, path) for path in paths) for _, paths in TABLE_ROWS]
-        lines.append(f"| `{name}` (seed {seed}) | {SCREENS[name][0]} | " + " | ".join(cells) + " |")
+        source = f"seed {seed}, `{result['model']}`" if "model" in result else f"seed {seed}"
+        lines.append(f"| `{name}` ({source}) | {SCREENS[name][0]} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     table.write_text(text)
     return text

@@ -142,10 +142,11 @@ def run_scmvp(
     if args.models is None:
         model, info = scmvp_scvi.SCMVP(mosaic, **SCMVP_MODELS[method]), {}
     else:
+        path = pretrained_path(args, method)
+        # a pretraining loaded from an earlier run is not timed in this one
+        info = {"pretrained": path.name, **({"train_seconds": None} if path.exists() else {})}
         model = pretrained_model(args, method, mosaic, train_kwargs)
         train_kwargs["pretrain_epochs"] = 0
-        # the loaded pretraining was not timed in this run
-        info = {"train_seconds": None, "pretrained": pretrained_path(args, method).name}
     model.train(**train_kwargs, accelerator="cpu", enable_progress_bar=False)
     # epochs of both phases, a loaded pretraining's included
     info = {"train_seconds": time.perf_counter() - start, **info, "epochs": len(model.history["training_phase"])}

@@ -326,7 +326,8 @@ class SCMVPModule(BaseModuleClass):
 
         ``observed`` (mosaics) holds each cell's code of :data:`scmvp_scvi._modalities.KINDS`. Then ``qz`` is each
         cell's posterior: the joint one for paired cells, the single-modality one for the others (the joint
-        encoder's own output is ``qz_joint``), and a missing modality gets the library size ``library_fill``.
+        encoder's own output is ``qz_joint``), a missing modality gets the library size ``library_fill``, and
+        ``has_rna`` / ``has_atac`` hold the ``(n, 1)`` masks of the cells measured in each modality.
         """
         if cached:
             return self._cached_inference(**cached, use_mean=use_mean, single_modalities=single_modalities)
