@@ -66,8 +66,8 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
         BALANCED_TRAIN,
     ),
     "reference_prior_balance": (
-        "the package defaults: reference, but the balance term pulls the cluster marginal towards the mixture "
-        "weights, not equal sizes",
+        "reference, but the balance term pulls the cluster marginal towards the mixture weights, not equal sizes "
+        "(the package defaults before the balanced recipe)",
         {**REFERENCE_MODEL, "balance_target": "prior"},
         ORIGINAL_SWITCH,
     ),
@@ -92,7 +92,8 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
         BALANCED_TRAIN,
     ),
     "balanced_prior_balance": (
-        "balanced, but the balance term pulls the cluster marginal towards the mixture weights, not equal sizes",
+        "the package defaults: balanced, but the balance term pulls the cluster marginal towards the mixture "
+        "weights, not equal sizes",
         {**BALANCED_MODEL, "balance_target": "prior"},
         BALANCED_TRAIN,
     ),

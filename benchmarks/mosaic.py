@@ -13,9 +13,9 @@ Each seed hides the ATAC of a random 30% of the cells of a labelled paired data 
 
 Methods, each in a process of its own:
 
-- ``scmvp``: ``SCMVP.setup_mudata(mdata, missing_modality="zero_rows")`` and the default recipe. On request
-  instead: ``scmvp_align1``, the default recipe with ``alignment_weight=1`` (the default before it was 10), and
-  ``scmvp_balanced``, the ablation's balanced recipe;
+- ``scmvp``: ``SCMVP.setup_mudata(mdata, missing_modality="zero_rows")`` and the default recipe (the ablation's
+  balanced recipe). On request instead: ``scmvp_align1``, the default recipe with ``alignment_weight=1`` (the
+  default before it was 10);
 - ``multivi``: scvi-tools' MULTIVI as its mosaic tutorial sets it up (the kind of cell as ``batch_key``), trained
   to its early stopping, capped at ``--multivi-max-epochs``;
 - ``knn``: each single-modality cell gets the mean profile, in its missing modality, of its 15 nearest paired
@@ -26,7 +26,7 @@ Usage::
 
     python benchmarks/mosaic.py                     # snare_cortex, 3 seeds, about 30 min per seed on 2 CPU cores
     python benchmarks/mosaic.py --n-cells 1000 --max-epochs 2 --multivi-max-epochs 2 --seeds 0 --name smoke
-    python benchmarks/mosaic.py --methods scmvp_balanced --models benchmarks/models   # reuse saved pretraining
+    python benchmarks/mosaic.py --methods scmvp --models benchmarks/models   # reuse saved pretraining
 
 With ``--models``, an SCMVP run loads the model that pretraining its method on that seed's mosaic gave (the one
 ``benchmarks/mosaic_screen.py`` saves), or pretrains and saves it, and trains only the joint phase; its training
@@ -54,11 +54,10 @@ from ablation import _mean_sd  # noqa: E402
 from compare import DEFAULT_DATA, atac_lsi, epoch_timer, peak_rss_gb, read_data, rna_pca  # noqa: E402
 
 ROOT = HERE.parent
-METHODS = ("scmvp", "scmvp_align1", "scmvp_balanced", "multivi", "knn")
+METHODS = ("scmvp", "scmvp_align1", "multivi", "knn")
 TITLES = {
     "scmvp": "SCMVP",
     "scmvp_align1": "SCMVP, alignment weight 1",
-    "scmvp_balanced": "SCMVP, balanced recipe",
     "multivi": "MULTIVI",
     "knn": "15 nearest paired cells",
     "mean": "population mean",
@@ -84,29 +83,13 @@ def make_mosaic(mdata, seed: int):
     return mosaic, kinds.astype(str)
 
 
-# the ablation's best recipe (benchmarks/ablation.py, balanced_prior_balance_single): normalised encoder
-# inputs, equal modality weights and the gentle switch to the mixture prior
-BALANCED_MODEL = {
-    "encoder_input": "normalized",
-    "rna_weight": 1.0,
-    "atac_weight": 1.0,
-    "balance_target": "prior",
-    "single_modality_weight": 1.0,
-}
-BALANCED_TRAIN = {"n_epochs_kl_warmup": 0, "gmm_variance": "posterior"}
 # model arguments of each SCMVP method; alignment_weight=1 was the default before it became 10
-SCMVP_MODELS = {"scmvp": {}, "scmvp_align1": {"alignment_weight": 1.0}, "scmvp_balanced": BALANCED_MODEL}
+SCMVP_MODELS = {"scmvp": {}, "scmvp_align1": {"alignment_weight": 1.0}}
 
 
 def scmvp_train_kwargs(method: str, n_cells: int, max_epochs: int | None = None) -> dict:
-    """``SCMVP.train`` arguments of an SCMVP method (epochs per phase from its recipe unless given)."""
-    from scmvp_scvi._model import default_epochs
-
-    kwargs = {} if max_epochs is None else {"max_epochs": max_epochs, "pretrain_epochs": max_epochs}
-    if method == "scmvp_balanced":
-        joint_epochs = max_epochs or default_epochs(n_cells)
-        kwargs.update(BALANCED_TRAIN, n_epochs_cluster_warmup=max(1, joint_epochs // 2))
-    return kwargs
+    """``SCMVP.train`` arguments of an SCMVP method: the defaults, with ``max_epochs`` epochs per phase if given."""
+    return {} if max_epochs is None else {"max_epochs": max_epochs, "pretrain_epochs": max_epochs}
 
 
 def pretrained_path(args: argparse.Namespace, method: str) -> Path:
@@ -384,8 +367,7 @@ def main() -> None:
         nargs="+",
         choices=METHODS,
         default=["scmvp", "multivi", "knn"],
-        help="scmvp_align1: SCMVP with alignment_weight=1; scmvp_balanced: SCMVP with the ablation's balanced "
-        "recipe (neither is run by default)",
+        help="scmvp_align1: SCMVP with alignment_weight=1 (not run by default)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max-epochs", type=int, default=None, help="SCMVP epochs per phase (default: its recipe)")

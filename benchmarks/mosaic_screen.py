@@ -8,7 +8,7 @@ Anything it suggests is confirmed with ``mosaic.py`` over 3 seeds before it chan
 
 Usage::
 
-    python benchmarks/mosaic_screen.py --method scmvp_balanced --seed 0 --screens pretrained reference_weights
+    python benchmarks/mosaic_screen.py --method scmvp --seed 0 --screens pretrained reference_weights
 
 Writes ``benchmarks/results/mosaic_screens/<name>_<method>_seed<k>_<screen>.json``, prints one line per screen and
 rebuilds the table ``docs/mosaic_screen_table.md`` from every result file (``--table-only``: only that).
@@ -42,11 +42,11 @@ from mosaic import (  # noqa: E402
 SCREENS: dict[str, tuple[str, dict, dict, str | None]] = {
     "pretrained": ("no joint training: the model after pretraining and the mixture initialisation", {}, {}, None),
     "recipe": ("the method's own joint phase", {}, {}, None),
-    "default_switch": (
-        "the default switch to the mixture prior: KL warm-up restarted over half of joint training, cluster terms "
+    "original_switch": (
+        "the original switch to the mixture prior: KL warm-up restarted over half of joint training, cluster terms "
         "at full weight at once, mixture re-initialised (KMeans, same K) with variances from the spread of the means",
         {},
-        {"n_epochs_kl_warmup": None, "n_epochs_cluster_warmup": None},
+        {"n_epochs_kl_warmup": None, "n_epochs_cluster_warmup": 0},
         "means",
     ),
     "reference_weights": (
@@ -108,9 +108,9 @@ def run_screen(name: str, args: argparse.Namespace, data: tuple) -> dict:
     if variance is not None:
         model.initialize_gmm(variance=variance)
     if name != "pretrained":
-        # a None in the screen's changes means SCMVP.train's default; the mixture is initialised already
+        # the mixture is initialised already
         train_kwargs = {**train_kwargs, **changed, "pretrain_epochs": 0}
-        train_kwargs = {k: v for k, v in train_kwargs.items() if v is not None and k != "gmm_variance"}
+        train_kwargs = {k: v for k, v in train_kwargs.items() if k != "gmm_variance"}
         model.train(**train_kwargs, accelerator="cpu", enable_progress_bar=False)
     seconds = time.perf_counter() - start
     latent, rna, atac = scmvp_outputs(model, kinds)
@@ -174,7 +174,7 @@ def write_table(args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", choices=list(SCMVP_MODELS), default="scmvp_balanced")
+    parser.add_argument("--method", choices=list(SCMVP_MODELS), default="scmvp")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--screens", nargs="+", choices=list(SCREENS), default=list(SCREENS))
     parser.add_argument("--epochs", type=int, default=None, help="epochs per phase (default: the recipe's)")

@@ -62,6 +62,8 @@ IMPUTATION_ROUTES = (
 )
 # inference output holding the posterior of each latent
 POSTERIORS = {"joint": "qz", "rna": "qz_rna", "atac": "qz_atac"}
+# arguments added after 0.1.0 whose defaults differ from what a model saved without them was trained with
+SAVED_WITHOUT = {"encoder_input": "counts", "balance_target": "uniform"}
 
 
 def default_epochs(n_cells: int) -> int:
@@ -132,17 +134,16 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
     encode_covariates
         Also give batch and categorical covariates to the encoders (they always enter the decoder).
     rna_weight, atac_weight
-        Weights of the RNA and ATAC reconstruction terms; the defaults (3.0, 0.1) are those of the original scMVP.
-        (1.0, 1.0) gives the evidence lower bound, in which the ATAC encoder learns far more (see the ablation
-        page for what that changes).
+        Weights of the RNA and ATAC reconstruction terms. The defaults (1.0, 1.0) give the evidence lower bound;
+        the original scMVP uses (3.0, 0.1), under which the ATAC encoder learns far less (see the ablation page).
     joint_atac_weight
         Weight of the ATAC reconstruction from the joint posterior in joint training only (default ``None``:
         ``atac_weight``); the ATAC-only terms keep ``atac_weight``.
     cluster_weight, joint_kl_weight, cycle_kl_weight
         Weights of the cluster terms and of the joint and cycle KL terms (0.5, 0.1, 0.1, as in the original).
     encoder_input
-        What the encoders see: ``"counts"`` (default, as in the original code: ``log1p`` of the raw counts) or
-        ``"normalized"`` (log counts per 10,000 for RNA and log TF-IDF for ATAC, as the scMVP paper describes).
+        What the encoders see: ``"normalized"`` (default: log counts per 10,000 for RNA and log TF-IDF for ATAC, as
+        the scMVP paper describes) or ``"counts"`` (as in the original code: ``log1p`` of the raw counts).
     balance_target
         What the balance cluster term pulls the cluster sizes towards: ``"prior"`` (default: the mixture weights,
         which start at the sizes of the initial clusters, so large cell types are not split and small ones not
@@ -178,13 +179,13 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         rna_likelihood: str = "nb",
         atac_likelihood: str = "zip",
         encode_covariates: bool = True,
-        rna_weight: float = 3.0,
-        atac_weight: float = 0.1,
+        rna_weight: float = 1.0,
+        atac_weight: float = 1.0,
         joint_atac_weight: float | None = None,
         cluster_weight: float = 0.5,
         joint_kl_weight: float = 0.1,
         cycle_kl_weight: float = 0.1,
-        encoder_input: str = "counts",
+        encoder_input: str = "normalized",
         balance_target: str = "prior",
         single_modality_weight: float | None = None,
         **module_kwargs,
@@ -399,7 +400,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         n_epochs_kl_warmup: int | None = None,
         n_epochs_cluster_warmup: int | None = None,
         leiden_resolution: float = 1.0,
-        gmm_variance: str = "means",
+        gmm_variance: str = "posterior",
         gmm_max_cells: int | None = 50_000,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
@@ -435,17 +436,20 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         batch_size
             Minibatch size.
         n_epochs_kl_warmup
-            KL warm-up of joint training; default half of ``max_epochs``, as in the original. 0 keeps the KL at
-            the full weight it reached in pretraining. Pretraining always warms up over its whole length.
+            KL warm-up of joint training. ``None`` (default): none after pretraining, whose warm-up over its whole
+            length brought the KL to full weight, and half of ``max_epochs`` when joint training starts without
+            pretraining (``pretrain_epochs=0``). The original restarts the warm-up after pretraining
+            (``max_epochs // 2``).
         n_epochs_cluster_warmup
-            Warm-up of the cluster terms in joint training; default 0 (full weight at once, as in the original).
+            Warm-up of the cluster terms in joint training. ``None`` (default): half of ``max_epochs`` at the switch
+            to the mixture prior, none when training continues. 0 puts them at full weight at once, as in the
+            original.
         leiden_resolution
             Resolution of the Leiden clustering that sets ``K`` when ``n_centroids`` is ``None``.
         gmm_variance
-            Variances of the initial mixture components: ``"means"`` (default, the original) uses the spread of
-            each cluster's posterior means; ``"posterior"`` matches each component to its cells' posteriors
-            (spread of their means plus their mean posterior variance), so that the prior KL does not jump at
-            the switch.
+            Variances of the initial mixture components: ``"posterior"`` (default) matches each component to its
+            cells' posteriors (spread of their means plus their mean posterior variance), so that the prior KL does
+            not jump at the switch; ``"means"`` (the original) uses only the spread of their posterior means.
         gmm_max_cells
             The mixture initialisation clusters at most this many randomly chosen cells (all cells when ``None``);
             the others join their most likely component. Keeps the initialisation linear in the number of cells.
@@ -495,8 +499,10 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         if gmm_variance not in GMM_VARIANCES:
             raise ValueError(f"gmm_variance must be one of {GMM_VARIANCES}, got {gmm_variance!r}.")
         self._check_gmm_max_cells(gmm_max_cells, "gmm_max_cells")
+        pretrained_now = switched_now = False
         if not bool(self.module.gmm_initialized):
-            if pretrain_epochs > 0:
+            pretrained_now, switched_now = pretrain_epochs > 0, True
+            if pretrained_now:
                 logger.info("Pretraining for %d epochs.", pretrain_epochs)
                 self._train_phase(
                     "pretraining", max_epochs=pretrain_epochs, plan_kwargs=plan(pretrain_epochs), **common
@@ -508,8 +514,18 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
                 max_cells=gmm_max_cells,
             )
         if max_epochs > 0:
-            kl_warmup = max(1, max_epochs // 2) if n_epochs_kl_warmup is None else n_epochs_kl_warmup
-            plan_kwargs = plan(kl_warmup, n_epochs_cluster_warmup)
+            half = max(1, max_epochs // 2)
+            # by default, warm up only what has not been warmed up: a KL that no pretraining raised, and the
+            # cluster terms at the switch to the mixture prior (not when training continues)
+            if n_epochs_kl_warmup is None:
+                kl_warmup = half if switched_now and not pretrained_now and not self.is_trained_ else 0
+            else:
+                kl_warmup = n_epochs_kl_warmup
+            if n_epochs_cluster_warmup is None:
+                cluster_warmup = half if switched_now else 0
+            else:
+                cluster_warmup = n_epochs_cluster_warmup
+            plan_kwargs = plan(kl_warmup, cluster_warmup)
             self._train_phase("joint", max_epochs=max_epochs, plan_kwargs=plan_kwargs, **common)
 
     def _train_phase(self, phase: str, **kwargs) -> None:
@@ -535,7 +551,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         self,
         resolution: float = 1.0,
         batch_size: int | None = None,
-        variance: str = "means",
+        variance: str = "posterior",
         max_cells: int | None = 50_000,
     ) -> np.ndarray:
         """Initialise the mixture prior from clusters of the current joint latent of all cells.
@@ -550,8 +566,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         batch_size
             Minibatch size for encoding the cells.
         variance
-            ``"means"``: component variances are the spread of the posterior means (the original scMVP);
-            ``"posterior"``: they match the cells' posteriors (spread of the means plus mean posterior variance).
+            ``"posterior"`` (default): component variances match the cells' posteriors (spread of the posterior
+            means plus the mean posterior variance); ``"means"``: the spread of the means alone (the original).
         max_cells
             Cluster at most this many randomly chosen cells (all when ``None``); every other cell joins the
             cluster under which its latent is most likely, and the components are then computed from all cells.
@@ -615,19 +631,27 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
             Passed to :meth:`scvi.model.base.BaseModelClass.load` (``accelerator``, ``device``, ``prefix``).
         """
         saved_file = Path(dir_path) / f"{kwargs.get('prefix') or ''}model.pt"
-        if adata is not None and saved_file.exists():  # a missing file gets scvi-tools' own message below
+        target = cls
+        if saved_file.exists():  # a missing file gets scvi-tools' own message below
             # the file scvi-tools' save writes: a dict with the model's feature names and attributes
             saved = torch.load(saved_file, map_location="cpu", weights_only=False)
-            modalities = saved["attr_dict"]["registry_"]["setup_args"]["modalities"]
-            check_saved_features(adata, saved["var_names"], modalities)
+            if adata is not None:
+                modalities = saved["attr_dict"]["registry_"]["setup_args"]["modalities"]
+                check_saved_features(adata, saved["var_names"], modalities)
+            saved_args = saved["attr_dict"].get("init_params_", {}).get("non_kwargs", {})
+            legacy = {name: value for name, value in SAVED_WITHOUT.items() if name not in saved_args}
+            if legacy:  # rebuild with the settings it was trained with, not today's defaults
+                init = functools.partialmethod(cls.__init__, **legacy)
+                target = type(cls.__name__, (cls,), {"__init__": init, "__module__": cls.__module__})
         # scvi-tools' loader reports "File ... already downloaded" for every local model file
         download_logger = logging.getLogger("scvi.data._download")
         level = download_logger.level
         download_logger.setLevel(max(level, logging.WARNING))
         try:
-            model = super().load(dir_path, adata=adata, **kwargs)
+            model = super(SCMVP, target).load(dir_path, adata=adata, **kwargs)
         finally:
             download_logger.setLevel(level)
+        model.__class__ = cls
         if model.history_:  # saved before histories were portable: so that a new save is
             model.history_ = {key: _portable(frame) for key, frame in model.history_.items()}
         model._update_summary()

@@ -82,7 +82,7 @@ class SCMVPModule(BaseModuleClass):
     encode_covariates
         Also inject batch and categorical covariates into the encoders (they always enter the decoder).
     rna_weight, atac_weight
-        Weights of the two reconstruction terms.
+        Weights of the two reconstruction terms (the original scMVP uses 3.0 and 0.1).
     joint_atac_weight
         Weight, in joint training only, of the ATAC reconstruction from the joint posterior; ``None`` (default):
         ``atac_weight``. The ATAC-only terms keep ``atac_weight``. A lower value keeps the joint latent from
@@ -112,10 +112,10 @@ class SCMVPModule(BaseModuleClass):
         re-encoded means of the cycle head), so that sequencing depth does not enter the latent. Ignored when
         ``encoder_input="normalized"``, which normalises anyway.
     encoder_input
-        What the encoders see (also for the re-encoded means of the cycle head). ``"counts"`` (the reference):
-        ``log1p`` of the counts. ``"normalized"``: RNA as ``log1p`` of counts per 10,000, ATAC as
-        ``log1p(TF-IDF * 10,000)`` with term frequencies ``counts / cell total`` and ``atac_idf`` as the inverse
-        document frequencies, so that neither depth nor a few very common features dominate the input.
+        What the encoders see (also for the re-encoded means of the cycle head). ``"normalized"`` (default): RNA
+        as ``log1p`` of counts per 10,000, ATAC as ``log1p(TF-IDF * 10,000)`` with term frequencies
+        ``counts / cell total`` and ``atac_idf`` as the inverse document frequencies, so that neither depth nor a
+        few very common features dominate the input. ``"counts"`` (the original): ``log1p`` of the counts.
     atac_idf
         Inverse document frequency of each peak (``n_cells / (1 + cells with the peak open)``), needed by
         ``encoder_input="normalized"``; kept as a buffer, so it is saved with the module. ``None``: all ones.
@@ -149,8 +149,8 @@ class SCMVPModule(BaseModuleClass):
         rna_likelihood: str = "nb",
         atac_likelihood: str = "zip",
         encode_covariates: bool = True,
-        rna_weight: float = 3.0,
-        atac_weight: float = 0.1,
+        rna_weight: float = 1.0,
+        atac_weight: float = 1.0,
         joint_atac_weight: float | None = None,
         cluster_weight: float = 0.5,
         joint_kl_weight: float = 0.1,
@@ -160,7 +160,7 @@ class SCMVPModule(BaseModuleClass):
         balance_target: str = "prior",
         single_modality_weight: float = 0.0,
         normalize_encoder_input: bool = False,
-        encoder_input: str = "counts",
+        encoder_input: str = "normalized",
         atac_idf: torch.Tensor | None = None,
         library_fill: tuple[float, float] | None = None,
         alignment_weight: float = 10.0,

@@ -240,7 +240,9 @@ def test_normalized_encoder_input_ignores_sequencing_depth():
     y = torch.poisson(torch.full((8, 40), 0.5))
     batch = torch.zeros(8, 1, dtype=torch.long)
     for normalize in (True, False):
-        module = SCMVPModule(30, 40, n_hidden=16, n_latent=4, normalize_encoder_input=normalize).eval()
+        module = SCMVPModule(
+            30, 40, n_hidden=16, n_latent=4, encoder_input="counts", normalize_encoder_input=normalize
+        ).eval()
         shallow = module.inference(x, y, batch, use_mean=True)["z"]
         deep = module.inference(3 * x, 3 * y, batch, use_mean=True)["z"]
         assert torch.allclose(shallow, deep, atol=1e-5) == normalize

@@ -278,27 +278,34 @@ def test_warmups_of_each_phase(small_mdata):
     model = SCMVP(small_mdata)
     recorder = _RecordWarmups()
     model.train(max_epochs=4, pretrain_epochs=2, callbacks=[recorder], **FAST_TRAIN)
-    # the original recipe: pretraining warms the KL up over its 2 epochs, joint training restarts it over half of
-    # its 4 epochs and applies the cluster terms at full weight at once
-    np.testing.assert_allclose(recorder.kl, [0.0, 0.5, 0.0, 0.5, 1.0, 1.0])
-    np.testing.assert_allclose(recorder.cluster[2:], [1.0] * 4)
+    # pretraining warms the KL up over its 2 epochs and joint training keeps it there; the cluster terms rise
+    # over half of the 4 joint epochs
+    np.testing.assert_allclose(recorder.kl, [0.0, 0.5, 1.0, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(recorder.cluster[2:], [0.0, 0.5, 1.0, 1.0])
+    # continuing joint training warms nothing up again
+    recorder.kl.clear()
+    recorder.cluster.clear()
+    model.train(max_epochs=2, callbacks=[recorder], **FAST_TRAIN)
+    np.testing.assert_allclose(recorder.kl, [1.0, 1.0])
+    np.testing.assert_allclose(recorder.cluster, [1.0, 1.0])
 
 
-def test_gentle_switch_warmups(small_mdata):
+def test_original_switch_warmups(small_mdata):
     SCMVP.setup_mudata(small_mdata)
     model = SCMVP(small_mdata)
     recorder = _RecordWarmups()
     model.train(
         max_epochs=4,
         pretrain_epochs=2,
-        n_epochs_kl_warmup=0,
-        n_epochs_cluster_warmup=2,
+        n_epochs_kl_warmup=2,
+        n_epochs_cluster_warmup=0,
         callbacks=[recorder],
         **FAST_TRAIN,
     )
-    # the KL stays at the weight pretraining reached; the cluster terms rise over 2 epochs
-    np.testing.assert_allclose(recorder.kl, [0.0, 0.5, 1.0, 1.0, 1.0, 1.0])
-    np.testing.assert_allclose(recorder.cluster[2:], [0.0, 0.5, 1.0, 1.0])
+    # the original recipe: joint training restarts the KL warm-up over half of its 4 epochs and applies the
+    # cluster terms at full weight at once
+    np.testing.assert_allclose(recorder.kl, [0.0, 0.5, 0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(recorder.cluster[2:], [1.0] * 4)
 
 
 def test_kl_warmup_without_pretraining(small_mdata):
@@ -306,6 +313,7 @@ def test_kl_warmup_without_pretraining(small_mdata):
     model = SCMVP(small_mdata, n_centroids=3)
     recorder = _RecordWarmups()
     model.train(max_epochs=4, pretrain_epochs=0, callbacks=[recorder], **FAST_TRAIN)
+    # no pretraining raised the KL, so joint training warms it up over half of its epochs
     np.testing.assert_allclose(recorder.kl, [0.0, 0.5, 1.0, 1.0])
 
 

@@ -47,6 +47,23 @@ def test_models_saved_by_earlier_releases_still_load(fixture):
     np.testing.assert_array_equal(model.get_cluster_assignments(key_added=None).astype(str), expected["clusters"])
 
 
+@needs_pandas_3
+def test_models_saved_before_the_balanced_defaults_keep_their_recipe(frozen, tmp_path):
+    """0.1.0 saved no encoder_input or balance_target: the model gets the ones it was trained with."""
+    fixture, mdata = frozen
+    model = SCMVP.load(str(fixture / "model"), mdata)
+    assert type(model) is SCMVP
+    assert model.module.encoder_input == "counts" and model.module.balance_target == "uniform"
+    assert not hasattr(model.module, "atac_idf")
+    latent = model.get_latent_representation(key_added=None)
+    # a new save records them, so the model keeps them on the next load
+    model.save(str(tmp_path / "model"))
+    assert model.init_params_["non_kwargs"]["encoder_input"] == "counts"
+    again = SCMVP.load(str(tmp_path / "model"), mdata)
+    assert again.module.encoder_input == "counts"
+    np.testing.assert_allclose(again.get_latent_representation(key_added=None), latent, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def frozen():
     fixture = FROZEN[0]
