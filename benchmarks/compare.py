@@ -18,6 +18,7 @@ Writes ``benchmarks/results/<name>_<method>.json``, the latents beside them (``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("SCMVP_DATA_DIR", ROOT.parent / "shared" / "data")) / "snare_cortex.h5mu"
 METHODS = ("scmvp", "multivi", "pca_lsi", "wnn", "mean")
+KEPT_MARKER = "<!-- compare.py keeps what follows -->\n"
 EMBEDDING_METHODS = ("scmvp", "multivi", "pca_lsi")
 TITLES = {
     "scmvp": "SCMVP",
@@ -248,6 +250,7 @@ def run_method(method: str, args: argparse.Namespace) -> None:
     result["scoring_seconds"] = time.perf_counter() - start
     result["peak_rss_gb"] = peak_rss_gb()
     result["torch_threads"] = torch.get_num_threads()
+    result["date"] = datetime.date.today().isoformat()
     result = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
     (args.results / f"{args.name}_{method}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2), flush=True)
@@ -336,6 +339,7 @@ def write_table(args: argparse.Namespace, meta: dict, results: list[dict], figur
         meta["command"],
         "```",
         "",
+        *_run_dates(results),
         "| metric | " + " | ".join(TITLES[r["method"]] for r in results) + " |",
         "|---|" + "---|" * len(results),
         *[f"| {name} | " + " | ".join(cell(r) for r in results) + " |" for name, cell in ROWS],
@@ -364,16 +368,33 @@ def write_table(args: argparse.Namespace, meta: dict, results: list[dict], figur
         "the ones that show what a model learnt about each cell.\n\n"
     )
     args.table.parent.mkdir(parents=True, exist_ok=True)
-    args.table.write_text(header + section)
+    # sections written by other benchmarks follow a marker; keep them
+    kept = args.table.read_text().partition(KEPT_MARKER)[2] if args.table.exists() else ""
+    args.table.write_text(header + section + (f"\n{KEPT_MARKER}{kept}" if kept else ""))
+
+
+def _run_dates(results: list[dict]) -> list[str]:
+    """A sentence saying which methods ran when, if they did not all run together (timings then compare runs)."""
+    dates: dict[str, list[str]] = {}
+    for result in results:
+        dates.setdefault(result.get("date", "an earlier run"), []).append(TITLES[result["method"]])
+    if len(dates) < 2:
+        return []
+    runs = "; ".join(f"{', '.join(methods)}: {date}" for date, methods in sorted(dates.items()))
+    return [
+        "Each method ran in a process of its own, with the same command, data and seed, but not all at the same "
+        f"time ({runs}); times and memory compare across those runs.",
+        "",
+    ]
 
 
 def _without_methods(argv: list[str]) -> list[str]:
-    """The command-line arguments without ``--methods ...`` (the table reports all methods run so far)."""
+    """The arguments without ``--methods ...`` and ``--table-only`` (the table reports all methods run so far)."""
     kept, skipping = [], False
     for token in argv:
         if token.startswith("--"):
             skipping = token == "--methods"
-        if not skipping:
+        if not skipping and token != "--table-only":
             kept.append(token)
     return kept
 
@@ -394,6 +415,7 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="result name (default: the data file's stem)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--table", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--table-only", action="store_true", help="only rebuild the table from the result files")
     parser.add_argument("--run-method", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.name = args.name or args.data.stem
@@ -402,7 +424,7 @@ def main() -> None:
         run_method(args.run_method, args)
         return
 
-    for method in args.methods:
+    for method in [] if args.table_only else args.methods:
         print(f"== {method}", flush=True)
         subprocess.run([sys.executable, __file__, *sys.argv[1:], "--run-method", method], check=True)
 
