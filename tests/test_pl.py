@@ -95,8 +95,8 @@ def test_imputed_vs_observed_boxes_follow_the_counts(trained):
     medians = [line.get_ydata()[0] for line in fig.axes[0].lines if line.get_gid() == "median"]
     expected = [np.median(imputed[bins == b]) for b in sorted(set(bins))]
     np.testing.assert_allclose(medians, expected, rtol=1e-5)
-    assert fig.axes[0].get_title().startswith(f"{genes[0]} (Spearman ")
-    assert fig.axes[0].get_xticklabels()[-1].get_text() == "2+"
+    assert fig.axes[0].get_title().startswith(f"{genes[0]}\nSpearman ")
+    assert fig.axes[0].get_xticklabels()[-1].get_text() == f"2+\nn={int((bins == 2).sum()):,}"
     # the imputation of the demo model rises with the observed count
     assert np.median(imputed[bins == 2]) > np.median(imputed[bins == 0])
 

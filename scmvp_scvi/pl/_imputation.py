@@ -29,7 +29,8 @@ def imputed_vs_observed(
 
     A good imputation rises with the observed count and spreads the cells observed at zero: most zeros of
     sparse single-cell data are dropouts, and the imputed value tells the expressed (or open) ones apart from
-    the silent ones. The title gives Spearman's correlation between observed and imputed values.
+    the silent ones. The title gives Spearman's correlation between observed and imputed values, and each box
+    its number of cells.
 
     Parameters
     ----------
@@ -78,10 +79,12 @@ def imputed_vs_observed(
         ax.boxplot(
             [imputed[bins == b, j] for b in present], positions=present, showfliers=False, medianprops={"gid": "median"}
         )
-        labels = [f"{b}+" if b == max_count else str(b) for b in present]
+        counts = [int((bins == b).sum()) for b in present]
+        labels = [f"{b}+\nn={n:,}" if b == max_count else f"{b}\nn={n:,}" for b, n in zip(present, counts, strict=True)]
         ax.set_xticks(present, labels)
         rho = spearmanr(observed[:, j], imputed[:, j]).statistic if len(present) > 1 else np.nan
-        ax.set_title(f"{name} (Spearman {rho:.2f})")
+        # two lines, so that long names (peaks) do not run into the next panel's title
+        ax.set_title(f"{name}\nSpearman {rho:.2f}")
         ax.set_xlabel("observed count")
         ax.set_ylabel("imputed")
     return finish(fig, save)
