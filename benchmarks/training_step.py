@@ -5,9 +5,13 @@ Usage::
     python benchmarks/training_step.py                  # snare_cortex.h5mu, minibatches of 64 cells
     python benchmarks/training_step.py --steps 50 --batch-size 128
 
-The minibatches are loaded before timing, so data loading is not counted; the optimiser is the one scvi-tools'
-``TrainingPlan`` builds for training. Each phase runs a few untimed warm-up steps first. Writes
-``benchmarks/results/training_step_<data>.json`` and the table ``docs/training_step.md``.
+Each phase is timed twice on the same minibatches: with the ATAC encoders' first layer multiplying a sparse copy
+of the minibatch (what training does on the CPU below ``SPARSE_INPUT_MAX_DENSITY``) and with the dense one. A
+MULTIVI step on the same minibatch size is timed beside them, and the first layer alone at several densities
+shows where the sparse product stops paying. The minibatches are loaded before timing, so data loading is not
+counted; the optimiser is the one scvi-tools' ``TrainingPlan`` builds for training. Each timing runs a few
+untimed warm-up steps first. Writes ``benchmarks/results/training_step_<data>.json`` and the table
+``docs/training_step.md``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,46 @@ def time_phase(module, optimizer, batches: list[dict]) -> dict[str, float]:
     result = {key: round(float(np.median(values)), 1) for key, values in parts.items()}
     result["step_ms"] = round(sum(result.values()), 1)
     return result
+
+
+def time_first_layer(n_cells: int, n_features: int, n_hidden: int, densities: list[float]) -> list[dict]:
+    """Milliseconds of a forward and backward pass of one linear layer, dense against sparse CSR input."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(n_features, n_hidden)
+    rows = []
+    for density in densities:
+        x = torch.rand(n_cells, n_features, generator=generator)
+        x = torch.where(x < density, torch.log1p(x * 1e4), torch.zeros(()))
+        timings = {}
+        for name in ("dense", "sparse"):
+            samples = []
+            for repeat in range(WARMUP_STEPS + 20):
+                start = time.perf_counter()
+                data = x.to_sparse_csr() if name == "sparse" else x
+                h = torch.sparse.mm(data, layer.weight.t()) if name == "sparse" else data @ layer.weight.t()
+                (h + layer.bias).square().sum().backward()
+                layer.zero_grad()
+                if repeat >= WARMUP_STEPS:
+                    samples.append((time.perf_counter() - start) * 1e3)
+            timings[f"{name}_ms"] = round(float(np.median(samples)), 2)
+        rows.append({"density": density, **timings})
+    return rows
+
+
+def time_multivi(mdata, batch_size: int, steps: int) -> dict[str, float]:
+    """A MULTIVI training step (its default model) on minibatches of the same size."""
+    import scvi
+    from scvi.train import TrainingPlan
+
+    multivi_data = mdata.copy()
+    scvi.model.MULTIVI.setup_mudata(multivi_data, modalities={"rna_layer": "rna", "atac_layer": "atac"})
+    multivi = scvi.model.MULTIVI(multivi_data)
+    loader = multivi._make_data_loader(multivi_data, batch_size=batch_size, shuffle=True)
+    batches = [batch for _, batch in zip(range(WARMUP_STEPS + steps), loader, strict=False)]
+    optimizer = TrainingPlan(multivi.module).configure_optimizers()["optimizer"]
+    return time_phase(multivi.module, optimizer, batches)
 
 
 def main() -> None:
@@ -91,9 +135,29 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
     }
-    result["pretraining"] = time_phase(model.module, optimizer(), batches)
+    from scmvp_scvi import _module
+
+    density = float(np.mean([batch["atac"].count_nonzero().item() / batch["atac"].numel() for batch in batches]))
+    result["atac_density"] = round(density, 5)
+    result["sparse_input_max_density"] = _module.SPARSE_INPUT_MAX_DENSITY
+
+    def both_inputs() -> dict[str, dict[str, float]]:
+        timings = {"sparse": time_phase(model.module, optimizer(), batches)}
+        threshold = _module.SPARSE_INPUT_MAX_DENSITY
+        _module.SPARSE_INPUT_MAX_DENSITY = -1.0  # never sparse
+        try:
+            timings["dense"] = time_phase(model.module, optimizer(), batches)
+        finally:
+            _module.SPARSE_INPUT_MAX_DENSITY = threshold
+        return timings
+
+    result["pretraining"] = both_inputs()
     model.initialize_gmm()  # KMeans with n_centroids on the joint latent, as after pretraining
-    result["joint"] = time_phase(model.module, optimizer(), batches)
+    result["joint"] = both_inputs()
+    result["multivi"] = time_multivi(mdata, args.batch_size, args.steps)
+    result["first_layer"] = time_first_layer(
+        args.batch_size, mdata["atac"].n_vars, model.module.n_hidden, [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
+    )
 
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / f"training_step_{args.data.stem}.json"
@@ -105,21 +169,35 @@ def main() -> None:
 def write_table(result: dict, path: Path) -> None:
     """The docs page: what was measured, the command, and the median milliseconds of each part."""
     parts = ("forward_ms", "backward_ms", "optimizer_ms", "step_ms")
-    rows = "\n".join(
-        f"| {phase} | " + " | ".join(str(result[phase][part]) for part in parts) + " |"
+    rows = [
+        f"| SCMVP {phase}, {route} ATAC input | " + " | ".join(str(result[phase][route][part]) for part in parts) + " |"
         for phase in ("pretraining", "joint")
+        for route in ("sparse", "dense")
+    ]
+    rows.append("| MULTIVI | " + " | ".join(str(result["multivi"][part]) for part in parts) + " |")
+    layer_rows = "\n".join(
+        f"| {row['density']:.1%} | {row['dense_ms']} | {row['sparse_ms']} |" for row in result["first_layer"]
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "# Cost of a training step\n\n"
-        f"One SCMVP training step on {result['data']} ({result['n_cells']:,} cells, {result['n_genes']:,} genes, "
-        f"{result['n_peaks']:,} peaks), minibatches of {result['batch_size']} cells, median of "
-        f"{result['timed_steps']} steps after warm-up; CPU only ({result['machine']}, {result['torch_threads']} "
-        f"threads, torch {result['torch']}), scmvp_scvi {result['scmvp_scvi']}. Data loading is not counted; the "
-        "optimiser is the one scvi-tools' `TrainingPlan` builds (fused Adam). Produced by:\n\n"
+        f"One training step on {result['data']} ({result['n_cells']:,} cells, {result['n_genes']:,} genes, "
+        f"{result['n_peaks']:,} peaks; {result['atac_density']:.2%} of the ATAC entries of a minibatch are "
+        f"non-zero), minibatches of {result['batch_size']} cells, median of {result['timed_steps']} steps after "
+        f"warm-up; CPU only ({result['machine']}, {result['torch_threads']} threads, torch {result['torch']}), "
+        f"scmvp_scvi {result['scmvp_scvi']}. Data loading is not counted; the optimiser is the one scvi-tools' "
+        "`TrainingPlan` builds (fused Adam). SCMVP is timed with the ATAC encoders' first layer multiplying a "
+        "sparse copy of the minibatch (what it does on the CPU when at most "
+        f"{result['sparse_input_max_density']:.0%} of the entries are non-zero) and with the dense minibatch; "
+        "MULTIVI (its default model) on minibatches of the same size. Produced by:\n\n"
         "```bash\npython benchmarks/training_step.py\n```\n\n"
-        "| phase | forward (ms) | backward (ms) | optimiser (ms) | step (ms) |\n|---|---|---|---|---|\n"
-        f"{rows}\n"
+        "| model and phase | forward (ms) | backward (ms) | optimiser (ms) | step (ms) |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n\nThe first layer alone (forward and backward, "
+        f"{result['batch_size']} cells x {result['n_peaks']:,} features into 128 hidden units, random entries at "
+        "each density), in milliseconds:\n\n"
+        "| non-zero entries | dense input | sparse input |\n|---|---|---|\n"
+        f"{layer_rows}\n"
     )
 
 

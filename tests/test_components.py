@@ -363,3 +363,47 @@ def test_cycle_head_leaves_the_encoders_inference_statistics_alone():
         torch.testing.assert_close(observed[key], value, msg=key)
     # the layers themselves keep their momentum, so the data still updates the statistics
     assert all(m.momentum == 0.01 for m in module.modules() if isinstance(m, torch.nn.BatchNorm1d))
+
+
+def _sparse_atac(n_cells: int, n_peaks: int, density: float, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.rand(n_cells, n_peaks, generator=generator)
+    return torch.where(values < density, torch.log1p(values * 1e4), torch.zeros(()))
+
+
+def test_sparse_input_gives_the_dense_layer_and_gradients():
+    from scmvp_scvi._components import DenseBlock
+
+    torch.manual_seed(0)
+    block = DenseBlock(50, 16, n_cat_list=[3, 1, 4], dropout_rate=0.0).train()
+    x = _sparse_atac(12, 50, 0.05, seed=1)
+    cats = (torch.randint(3, (12, 1)), torch.zeros(12, 1, dtype=torch.long), torch.randint(4, (12, 1)))
+    outputs, grads = [], []
+    for data in (x, x.to_sparse_csr()):
+        block.zero_grad()
+        out = block(data, *cats)
+        out.square().sum().backward()
+        outputs.append(out)
+        grads.append(block.linear.fc_layers[0][0].weight.grad.clone())
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-4)
+
+
+def test_inference_on_sparse_atac_equals_the_dense_route(monkeypatch):
+    from scmvp_scvi import _module
+    from scmvp_scvi._module import SCMVPModule
+
+    torch.manual_seed(0)
+    module = SCMVPModule(30, 400, n_batch=2, n_hidden=16, n_latent=4, n_heads=4).eval()
+    x = torch.poisson(torch.full((10, 30), 2.0))
+    y = (_sparse_atac(10, 400, 0.02, seed=2) > 0).float()
+    batch = torch.randint(2, (10, 1))
+    assert _module.sparse_if_worthwhile(y).layout == torch.sparse_csr
+    sparse = module.inference(x, y, batch, use_mean=True)
+    monkeypatch.setattr(_module, "SPARSE_INPUT_MAX_DENSITY", -1.0)
+    assert _module.sparse_if_worthwhile(y).layout == torch.strided
+    dense = module.inference(x, y, batch, use_mean=True)
+    for key in ("qz", "qz_rna", "qz_atac"):
+        torch.testing.assert_close(sparse[key].loc, dense[key].loc, atol=1e-5, rtol=1e-5)
+    # dense data stays dense
+    assert _module.sparse_if_worthwhile(torch.ones(4, 5)).layout == torch.strided
