@@ -64,27 +64,9 @@ class DenseBlock(nn.Module):
         self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, *cat_list: torch.Tensor) -> torch.Tensor:
-        """Apply the block to ``x`` (dense, or a sparse CSR matrix of cells) with covariates ``cat_list``."""
-        h = self._sparse_linear(x, cat_list) if x.layout == torch.sparse_csr else self.linear(x, *cat_list)
+        """Apply the block to ``x`` with covariates ``cat_list``."""
+        h = self.linear(x, *cat_list)
         return self.dropout(self.activation(self.batch_norm(self.layer_norm(h))))
-
-    def _sparse_linear(self, x: torch.Tensor, cat_list: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Apply the linear map of :class:`~scvi.nn.FCLayers` to a sparse ``x``, one product per part of the input.
-
-        FCLayers concatenates the one-hot covariates to the input; here the input's columns of the weight multiply
-        the sparse matrix, so the cost follows its non-zeros, and the covariate columns the one-hot codes.
-        """
-        layer = self.linear.fc_layers[0][0]
-        n_in = x.shape[-1]
-        h = torch.sparse.mm(x, layer.weight[:, :n_in].t())
-        codes = [
-            nn.functional.one_hot(cat.reshape(-1).long(), n_cat).to(h.dtype)
-            for n_cat, cat in zip(self.linear.n_cat_list, cat_list, strict=False)
-            if n_cat > 1
-        ]
-        if codes:
-            h = h + torch.cat(codes, dim=-1) @ layer.weight[:, n_in:].t()
-        return h if layer.bias is None else h + layer.bias
 
 
 class HiddenUnitSelfAttention(nn.Module):

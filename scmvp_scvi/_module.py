@@ -38,20 +38,6 @@ def _only(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return values if mask is None else values * mask.reshape(-1).to(values.dtype)
 
 
-# Below this fraction of non-zero entries, the first layer of the ATAC encoders multiplies a sparse copy of the
-# minibatch on the CPU (benchmarks/training_step.py measures the gain); above it, or on other devices, dense.
-SPARSE_INPUT_MAX_DENSITY = 0.05
-
-
-def sparse_if_worthwhile(values: torch.Tensor) -> torch.Tensor:
-    """``values`` (cells x features) as a sparse CSR matrix when that makes its products cheaper, else as given."""
-    if values.device.type != "cpu" or values.dim() != 2 or values.numel() == 0:
-        return values
-    if torch.count_nonzero(values) > SPARSE_INPUT_MAX_DENSITY * values.numel():
-        return values
-    return values.to_sparse_csr()
-
-
 # registry key of the ATAC library sizes stored by minify_mudata (scvi-tools has one for RNA only)
 OBSERVED_LIB_SIZE_ATAC = "observed_lib_size_atac"
 
@@ -350,7 +336,7 @@ class SCMVPModule(BaseModuleClass):
         library_rna = torch.log(x_rna.sum(-1, keepdim=True).clamp_min(1.0))
         library_atac = torch.log(x_atac.sum(-1, keepdim=True).clamp_min(1.0))
         x_log = self._encoder_input(x_rna, library_rna, "rna")
-        y_log = sparse_if_worthwhile(self._encoder_input(x_atac, library_atac, "atac"))
+        y_log = self._encoder_input(x_atac, library_atac, "atac")
 
         # On mosaics every encoder sees every cell of the minibatch, unmeasured all-zero rows included. Encoding
         # each cell only with the encoders of its modalities (so that those rows stay out of batch norm) was
