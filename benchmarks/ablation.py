@@ -5,13 +5,15 @@ seed) and is scored twice: after pretraining (when the mixture prior is initiali
 Each time the joint, RNA-only and ATAC-only latents are clustered (KMeans with k = number of cell types, and the
 best-NMI Leiden over resolutions 0.1-2.0) and their active dimensions counted (posterior-mean variance across
 cells above 0.01); after joint training the mixture clusters are scored and the held-out entries imputed. The
-baselines (PCA of RNA, LSI of ATAC, PCA + LSI and muon's weighted nearest neighbours) are scored on the same data
-per seed. Each (variant, seed) runs in a process of its own.
+baselines (PCA of RNA, LSI of ATAC, PCA + LSI and muon's weighted nearest neighbours) and MULTIVI (``--variants
+multivi``: its default recipe, capped at 100 epochs as in ``compare.py``) are scored on the same data per seed.
+Each (variant, seed) runs in a process of its own.
 
 Usage::
 
     python benchmarks/ablation.py                      # both recipes with either balance term, baselines; seeds 0-2
     python benchmarks/ablation.py --variants balanced_no_cycle balanced_counts_input   # single-part ablations
+    python benchmarks/ablation.py --variants multivi                # MULTIVI on the same data and seeds
     python benchmarks/ablation.py --n-cells 1500 --epochs 3 --name smoke --seeds 0 --variants balanced
     python benchmarks/ablation.py --table-only                      # rebuild the table from the JSON files
 
@@ -34,7 +36,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare import DEFAULT_DATA, hide_entries, pca_lsi, read_data, wnn_graph  # noqa: E402
+from compare import DEFAULT_DATA, hide_entries, pca_lsi, read_data, train_multivi, wnn_graph  # noqa: E402
 
 ROOT = HERE.parent
 HALF = "half of the joint epochs"
@@ -320,6 +322,34 @@ def run_baselines(seed: int, args: argparse.Namespace) -> dict:
     return {**result, "imputation_baselines": imputation_baselines(mdata, train, masks, joint)}
 
 
+def run_multivi(seed: int, args: argparse.Namespace) -> dict:
+    """MULTIVI's default recipe on the same training data as the variants, scored as they are."""
+    import scvi
+
+    from scmvp_scvi.metrics import atac_imputation_scores, rna_imputation_scores
+
+    scvi.settings.seed = seed
+    mdata, train, masks = _data(args, seed)
+    labels = mdata.obs[args.label_key].astype(str).to_numpy()
+    info, latent, rna, atac = train_multivi(
+        train, argparse.Namespace(batch_key=None, multivi_max_epochs=args.multivi_max_epochs)
+    )
+    return {
+        "variant": "multivi",
+        "seed": seed,
+        "n_cells": int(mdata.n_obs),
+        "epochs": info["epochs"],
+        "max_epochs": args.multivi_max_epochs,
+        "train_seconds": info["train_seconds"],
+        "load_after_each_phase": [os.getloadavg()[0]],
+        "final": {"joint": {**_cluster_scores(latent, labels, seed), "active_dims": active_dimensions(latent)}},
+        "imputation": {
+            **rna_imputation_scores(mdata["rna"].X, rna, masks["rna"], "heldout_"),
+            **atac_imputation_scores(mdata["atac"].X, atac, masks["atac"], "heldout_"),
+        },
+    }
+
+
 def imputation_baselines(mdata, train, masks, representation: np.ndarray) -> dict[str, dict]:
     """Held-out scores of the population mean, of that mean scaled by each cell's depth and of 15-NN smoothing."""
     from scmvp_scvi.metrics import atac_imputation_scores, knn_imputation, mean_imputation, rna_imputation_scores
@@ -392,6 +422,21 @@ IMPUTATION_BASELINES = {
     "mean_by_depth": "population mean scaled by depth",
     "knn_pca_lsi": "15-NN mean (PCA + LSI)",
 }
+MULTIVI_ROWS = [
+    ("Leiden ARI / NMI", ("final.joint.leiden_ari", "final.joint.leiden_nmi")),
+    ("KMeans ARI / NMI", ("final.joint.kmeans_ari", "final.joint.kmeans_nmi")),
+    ("Active dimensions", ("final.joint.active_dims",)),
+    (
+        "Held-out RNA Pearson per gene / per cell",
+        ("imputation.heldout_rna_gene_pearson", "imputation.heldout_rna_cell_pearson"),
+    ),
+    (
+        "Held-out ATAC AUROC per peak / per cell",
+        ("imputation.heldout_atac_peak_auroc", "imputation.heldout_atac_cell_auroc"),
+    ),
+    ("Epochs", ("epochs",)),
+    ("Training minutes", ("minutes",)),
+]
 BASELINE_ROWS = [
     ("Leiden ARI / NMI", ("leiden_ari", "leiden_nmi")),
     ("KMeans ARI / NMI", ("kmeans_ari", "kmeans_nmi")),
@@ -419,11 +464,12 @@ def _cell(results: list[dict], paths: tuple[str, ...]) -> str:
     parts = []
     for path in paths:
         if path == "minutes":
-            values = [(r["pretrain_seconds"] + r["joint_seconds"]) / 60 for r in results if _timed_alone(r)]
+            seconds = [r.get("train_seconds") or r["pretrain_seconds"] + r["joint_seconds"] for r in results]
+            values = [t / 60 for t, r in zip(seconds, results, strict=True) if _timed_alone(r)]
         else:
             # a constant prediction has no correlation across cells (NaN): shown as "-"
             values = [v for v in (_get(r, path) for r in results) if v is not None and np.isfinite(v)]
-        integer = path.endswith(("active_dims", "n_used", "n_components", "smallest_used"))
+        integer = path.endswith(("active_dims", "n_used", "n_components", "smallest_used", "epochs"))
         parts.append(_mean_sd(values, 1 if integer or path == "minutes" else 3))
     return " / ".join(parts)
 
@@ -434,7 +480,7 @@ def _commands(by_variant: dict[str, list[dict]], variants: list[str]) -> list[st
     sources = {v: {r.get("pretrained_by", v) for r in by_variant[v]} - {v} for v in by_variant}
     saved = set().union(*sources.values())
     commands = []
-    for variant in [*variants, *(["baselines"] if "baselines" in by_variant else [])]:
+    for variant in [*variants, *(p for p in ("baselines", "multivi") if p in by_variant)]:
         command = f"python benchmarks/ablation.py --variants {variant}"
         command += " --save-models DIR" if variant in saved else ""
         command += " --from-pretrained DIR" if sources[variant] else ""
@@ -468,11 +514,14 @@ def write_table(args: argparse.Namespace) -> str:
         *_commands(by_variant, variants),
         "```",
         "",
-        "| variant | what it changes |",
-        "|---|---|",
-        *[f"| `{v}` | {VARIANTS[v][0]} |" for v in variants],
-        "",
     ]
+    if variants:
+        lines += [
+            "| variant | what it changes |",
+            "|---|---|",
+            *[f"| `{v}` | {VARIANTS[v][0]} |" for v in variants],
+            "",
+        ]
     if variants:
         first = by_variant[variants[0]][0]
         lines += [
@@ -504,6 +553,18 @@ def write_table(args: argparse.Namespace) -> str:
             ],
             "",
         ]
+    if "multivi" in by_variant:
+        peers = by_variant["multivi"]
+        lines += [
+            f"MULTIVI on the same data and seeds (n={len(peers)}): scvi-tools' default model and training (early "
+            f"stopping on a 10% validation split), capped at {peers[0].get('max_epochs', 100)} epochs as in "
+            "`compare.py`; scored as the variants' joint latent after joint training.",
+            "",
+            "| metric | MULTIVI |",
+            "|---|---|",
+            *[f"| {title} | {_cell(peers, paths)} |" for title, paths in MULTIVI_ROWS],
+            "",
+        ]
     imputation = [r["imputation_baselines"] for r in by_variant.get("baselines", []) if "imputation_baselines" in r]
     if imputation:
         lines += [
@@ -531,10 +592,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--label-key", default="cell_type")
-    parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, "baselines"], default=DEFAULT_VARIANTS)
+    parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, "baselines", "multivi"], default=DEFAULT_VARIANTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="epochs per phase (default: the model's recipe)")
     parser.add_argument("--held-out", type=float, default=0.1)
+    parser.add_argument("--multivi-max-epochs", type=int, default=100, help="epoch cap of the multivi peer")
     parser.add_argument("--n-cells", type=int, default=None, help="a seeded subsample of cells")
     parser.add_argument("--name", default=None, help="result name (default: the data file's stem)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "ablation")
@@ -555,7 +617,8 @@ def main() -> None:
 
     if args.run:
         variant, seed = args.run[0], int(args.run[1])
-        result = run_baselines(seed, args) if variant == "baselines" else run_variant(variant, seed, args)
+        runners = {"baselines": run_baselines, "multivi": run_multivi}
+        result = runners[variant](seed, args) if variant in runners else run_variant(variant, seed, args)
         path = args.results / f"{args.name}_{variant}_seed{seed}.json"
         path.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {path}", flush=True)
