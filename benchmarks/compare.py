@@ -333,7 +333,10 @@ def write_table(args: argparse.Namespace, meta: dict, results: list[dict], figur
         f"{args.held_out:.0%} of the RNA and ATAC entries hidden. SCMVP runs its default recipe "
         f"({meta['scmvp_epochs']}); MULTIVI runs its default recipe (early stopping on a 10% validation split) "
         f"capped at {args.multivi_max_epochs} epochs to fit the time budget (its own default cap is 500); the "
-        "Epochs row shows whether early stopping ended it before the cap. Produced by:",
+        "Epochs row shows whether early stopping ended it before the cap. One seed: two runs of the same method "
+        "differ by a few hundredths in ARI, so this table ranks nothing on its own; the "
+        "[ablation page](ablation.md) compares SCMVP, MULTIVI, PCA + LSI and WNN over 3 seeds with their spread. "
+        "Produced by:",
         "",
         "```bash",
         meta["command"],
