@@ -489,7 +489,7 @@ def _cell(results: list[dict], paths: tuple[str, ...]) -> str:
     return " / ".join(parts)
 
 
-def _commands(by_variant: dict[str, list[dict]], variants: list[str]) -> list[str]:
+def _commands(by_variant: dict[str, list[dict]], variants: list[str], args: argparse.Namespace) -> list[str]:
     """The commands that produce the table's columns, from what each result file records."""
     # results written before "pretrained_by" was recorded were pretrained by their own variant
     sources = {v: {r.get("pretrained_by", v) for r in by_variant[v]} - {v} for v in by_variant}
@@ -497,6 +497,7 @@ def _commands(by_variant: dict[str, list[dict]], variants: list[str]) -> list[st
     commands = []
     for variant in [*variants, *(p for p in ("baselines", "multivi") if p in by_variant)]:
         command = f"python benchmarks/ablation.py --variants {variant}"
+        command += f" --name {args.name}" if args.name != args.data.stem else ""
         command += " --save-models DIR" if variant in saved else ""
         command += " --from-pretrained DIR" if sources[variant] else ""
         commands.append(command)
@@ -507,6 +508,8 @@ def write_table(args: argparse.Namespace) -> str:
     """Mean ± standard deviation over seeds of every variant and baseline with results."""
     files = sorted(args.results.glob(f"{args.name}_*_seed*.json"))
     runs = [json.loads(f.read_text()) for f in files]
+    # another name can extend this one ("snare_cortex_rerun" and "snare_cortex"): keep this name's runs only
+    runs = [r for f, r in zip(files, runs, strict=True) if f.stem == f"{args.name}_{r['variant']}_seed{r['seed']}"]
     by_variant: dict[str, list[dict]] = {}
     for run in runs:
         by_variant.setdefault(run["variant"], []).append(run)
@@ -526,7 +529,7 @@ def write_table(args: argparse.Namespace) -> str:
         "phase); the header's n counts all runs. Produced by:",
         "",
         "```bash",
-        *_commands(by_variant, variants),
+        *_commands(by_variant, variants, args),
         "```",
         "",
     ]
