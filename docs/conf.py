@@ -35,6 +35,7 @@ exclude_patterns = [
     "tutorials/*_model",
     "tutorials/*.h5mu",
     "ablation_table.md",
+    "ablation_fusion_table.md",
     "screen_table.md",
     "markers_table.md",
     "scaling_table.md",
