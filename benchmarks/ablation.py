@@ -36,7 +36,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare import DEFAULT_DATA, hide_entries, pca_lsi, read_data, train_multivi, wnn_graph  # noqa: E402
+from compare import (  # noqa: E402
+    DEFAULT_DATA,
+    hide_entries,
+    pca_lsi,
+    read_data,
+    side_by_side,
+    train_multivi,
+    wnn_graph,
+)
 
 ROOT = HERE.parent
 HALF = "half of the joint epochs"
@@ -165,14 +173,15 @@ def _cluster_scores(latent: np.ndarray, labels: np.ndarray, seed: int) -> dict[s
     return {k: scores[k] for k in ("kmeans_ari", "kmeans_nmi", "leiden_ari", "leiden_nmi", "leiden_n_clusters")}
 
 
+def _latent_scores(latent: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
+    return {**_cluster_scores(latent, labels, seed), "active_dims": active_dimensions(latent)}
+
+
 def _latent_report(model, labels: np.ndarray, seed: int) -> dict[str, dict]:
-    report, latents = {}, {}
-    for modality in ("joint", "rna", "atac"):
-        latent = latents[modality] = model.get_latent_representation(modality=modality, key_added=None)
-        report[modality] = {**_cluster_scores(latent, labels, seed), "active_dims": active_dimensions(latent)}
-    # the single-modality latents side by side, each of unit scale (as PCA + LSI): what the fusion could reach
-    side_by_side = np.hstack([z / np.sqrt(z.var(axis=0).sum()) for z in (latents["rna"], latents["atac"])])
-    report["side_by_side"] = _cluster_scores(side_by_side, labels, seed)
+    latents = {m: model.get_latent_representation(modality=m, key_added=None) for m in ("joint", "rna", "atac")}
+    report = {modality: _latent_scores(latent, labels, seed) for modality, latent in latents.items()}
+    # the single-modality latents side by side, as PCA + LSI is built: what the fusion could reach
+    report["side_by_side"] = _cluster_scores(side_by_side([latents["rna"], latents["atac"]]), labels, seed)
     return report
 
 
@@ -222,16 +231,21 @@ def _pretrain_seconds(source: str, seed: int, args: argparse.Namespace) -> float
     return json.loads(path.read_text())["pretrain_seconds"] if path.exists() else float("nan")
 
 
-def _imputation(model, mdata, masks) -> dict[str, float]:
-    """Scores of the model's normalised expression and accessibility on the held-out entries."""
+def _heldout_scores(mdata, masks, rna: np.ndarray, atac: np.ndarray) -> dict[str, float]:
+    """Scores of imputed RNA and ATAC profiles on the held-out entries."""
     from scmvp_scvi.metrics import atac_imputation_scores, rna_imputation_scores
 
-    rna = model.get_normalized_expression(return_numpy=True)
-    atac = model.get_normalized_accessibility(return_numpy=True)
     return {
         **rna_imputation_scores(mdata["rna"].X, rna, masks["rna"], "heldout_"),
         **atac_imputation_scores(mdata["atac"].X, atac, masks["atac"], "heldout_"),
     }
+
+
+def _imputation(model, mdata, masks) -> dict[str, float]:
+    """Scores of the model's normalised expression and accessibility on the held-out entries."""
+    rna = model.get_normalized_expression(return_numpy=True)
+    atac = model.get_normalized_accessibility(return_numpy=True)
+    return _heldout_scores(mdata, masks, rna, atac)
 
 
 def _pretrained_imputation(model, mdata, masks) -> dict[str, float]:
@@ -329,8 +343,6 @@ def run_multivi(seed: int, args: argparse.Namespace) -> dict:
     """MULTIVI's default recipe on the same training data as the variants, scored as they are."""
     import scvi
 
-    from scmvp_scvi.metrics import atac_imputation_scores, rna_imputation_scores
-
     scvi.settings.seed = seed
     mdata, train, masks = _data(args, seed)
     labels = mdata.obs[args.label_key].astype(str).to_numpy()
@@ -345,30 +357,21 @@ def run_multivi(seed: int, args: argparse.Namespace) -> dict:
         "max_epochs": args.multivi_max_epochs,
         "train_seconds": info["train_seconds"],
         "load_after_each_phase": [os.getloadavg()[0]],
-        "final": {"joint": {**_cluster_scores(latent, labels, seed), "active_dims": active_dimensions(latent)}},
-        "imputation": {
-            **rna_imputation_scores(mdata["rna"].X, rna, masks["rna"], "heldout_"),
-            **atac_imputation_scores(mdata["atac"].X, atac, masks["atac"], "heldout_"),
-        },
+        "final": {"joint": _latent_scores(latent, labels, seed)},
+        "imputation": _heldout_scores(mdata, masks, rna, atac),
     }
 
 
 def imputation_baselines(mdata, train, masks, representation: np.ndarray) -> dict[str, dict]:
     """Held-out scores of the population mean, of that mean scaled by each cell's depth and of 15-NN smoothing."""
-    from scmvp_scvi.metrics import atac_imputation_scores, knn_imputation, mean_imputation, rna_imputation_scores
+    from scmvp_scvi.metrics import knn_imputation, mean_imputation
 
     methods = {
         "mean": lambda modality: mean_imputation(train[modality].X, modality),
         "mean_by_depth": lambda modality: mean_imputation(train[modality].X, modality, by_depth=True),
         "knn_pca_lsi": lambda modality: knn_imputation(train[modality].X, representation, modality),
     }
-    scores = {}
-    for name, impute in methods.items():
-        scores[name] = {
-            **rna_imputation_scores(mdata["rna"].X, impute("rna"), masks["rna"], "heldout_"),
-            **atac_imputation_scores(mdata["atac"].X, impute("atac"), masks["atac"], "heldout_"),
-        }
-    return scores
+    return {name: _heldout_scores(mdata, masks, impute("rna"), impute("atac")) for name, impute in methods.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -454,8 +457,15 @@ BASELINE_ROWS = [
 ]
 
 
+def _train_seconds(result: dict) -> float | None:
+    """Training time of a run: one figure for MULTIVI, pretraining + joint training for SCMVP."""
+    if "train_seconds" in result:
+        return result["train_seconds"]
+    return result["pretrain_seconds"] + result["joint_seconds"] if "pretrain_seconds" in result else None
+
+
 def _has(result: dict, path: str) -> bool:
-    return "pretrain_seconds" in result if path == "minutes" else _get(result, path) is not None
+    return (_train_seconds(result) if path == "minutes" else _get(result, path)) is not None
 
 
 def _timed_alone(result: dict) -> bool:
@@ -479,8 +489,7 @@ def _cell(results: list[dict], paths: tuple[str, ...]) -> str:
     parts = []
     for path in paths:
         if path == "minutes":
-            seconds = [r.get("train_seconds") or r["pretrain_seconds"] + r["joint_seconds"] for r in results]
-            values = [t / 60 for t, r in zip(seconds, results, strict=True) if _timed_alone(r)]
+            values = [_train_seconds(r) / 60 for r in results if _has(r, path) and _timed_alone(r)]
         else:
             # a constant prediction has no correlation across cells (NaN): shown as "-"
             values = [v for v in (_get(r, path) for r in results) if v is not None and np.isfinite(v)]
@@ -534,15 +543,12 @@ def write_table(args: argparse.Namespace) -> str:
         "",
     ]
     if variants:
+        first = by_variant[variants[0]][0]
         lines += [
             "| variant | what it changes |",
             "|---|---|",
             *[f"| `{v}` | {VARIANTS[v][0]} |" for v in variants],
             "",
-        ]
-    if variants:
-        first = by_variant[variants[0]][0]
-        lines += [
             f"{args.data.name}: {first['n_cells']:,} cells, {first['epochs_per_phase']} pretraining + "
             f"{first['epochs_per_phase']} joint epochs per run; CPU, one run at a time.",
             "",
@@ -575,7 +581,7 @@ def write_table(args: argparse.Namespace) -> str:
         peers = by_variant["multivi"]
         lines += [
             f"MULTIVI on the same data and seeds (n={len(peers)}): scvi-tools' default model and training (early "
-            f"stopping on a 10% validation split), capped at {peers[0].get('max_epochs', 100)} epochs as in "
+            f"stopping on a 10% validation split), capped at {peers[0]['max_epochs']} epochs as in "
             "`compare.py`; scored as the variants' joint latent after joint training.",
             "",
             "| metric | MULTIVI |",

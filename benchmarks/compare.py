@@ -157,10 +157,14 @@ def atac_lsi(atac) -> np.ndarray:
     return atac.obsm["X_lsi"][:, 1:]  # the first LSI component follows sequencing depth
 
 
+def side_by_side(blocks: list[np.ndarray]) -> np.ndarray:
+    """Embeddings of the same cells side by side, each scaled to unit total variance so that neither dominates."""
+    return np.hstack([block / np.sqrt(block.var(axis=0).sum()) for block in blocks]).astype(np.float32)
+
+
 def pca_lsi(train, args) -> np.ndarray:
     """20 PCs of scaled log-normalised RNA beside LSI components 2-21 of TF-IDF ATAC, each block of unit scale."""
-    blocks = [rna_pca(train["rna"], args.seed), atac_lsi(train["atac"])]
-    return np.hstack([block / np.sqrt(block.var(axis=0).sum()) for block in blocks]).astype(np.float32)
+    return side_by_side([rna_pca(train["rna"], args.seed), atac_lsi(train["atac"])])
 
 
 def train_baseline(train, args) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
