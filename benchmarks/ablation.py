@@ -48,6 +48,7 @@ from compare import (  # noqa: E402
 
 ROOT = HERE.parent
 HALF = "half of the joint epochs"
+EPOCHS = "epochs_per_phase"  # a variant's own epochs per phase, in place of --epochs and the model's recipe
 
 # name -> (what it changes, SCMVP(...) arguments, SCMVP.train(...) arguments); HALF is resolved per run
 REFERENCE_MODEL = {"encoder_input": "counts", "rna_weight": 3.0, "atac_weight": 0.1, "balance_target": "uniform"}
@@ -133,6 +134,22 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
             "single_modality_weight": 1.0,
         },
         BALANCED_TRAIN,
+    ),
+    "balanced_prior_balance_batch128": (
+        "the package defaults, but minibatches of 128 cells (half the optimisation steps per epoch)",
+        {**BALANCED_MODEL, "balance_target": "prior"},
+        {**BALANCED_TRAIN, "batch_size": 128},
+    ),
+    "balanced_prior_balance_poisson": (
+        "the package defaults, but a Poisson likelihood for ATAC instead of the zero-inflated Poisson (no "
+        "zero-inflation head: half the decoder's peak outputs)",
+        {**BALANCED_MODEL, "balance_target": "prior", "atac_likelihood": "poisson"},
+        BALANCED_TRAIN,
+    ),
+    "balanced_prior_balance_poisson_10_epochs": (
+        "balanced_prior_balance_poisson, but 10 pretraining + 10 joint epochs",
+        {**BALANCED_MODEL, "balance_target": "prior", "atac_likelihood": "poisson"},
+        {**BALANCED_TRAIN, EPOCHS: 10},
     ),
     "balanced_no_cycle": (
         "balanced, without the cycle KL (cycle_kl_weight 0)",
@@ -266,10 +283,12 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
     from scmvp_scvi.metrics import agreement
 
     _, model_kwargs, train_kwargs = VARIANTS[variant]
+    train_kwargs = dict(train_kwargs)
+    variant_epochs = train_kwargs.pop(EPOCHS, None)
     scvi.settings.seed = seed
     mdata, train, masks = _data(args, seed)
     labels = mdata.obs[args.label_key].astype(str).to_numpy()
-    epochs = args.epochs or default_epochs(mdata.n_obs)
+    epochs = variant_epochs or args.epochs or default_epochs(mdata.n_obs)
     common = {"accelerator": "cpu", "enable_progress_bar": False, **_resolve(train_kwargs, epochs)}
 
     scmvp_scvi.SCMVP.setup_mudata(train)
@@ -509,6 +528,8 @@ def _commands(by_variant: dict[str, list[dict]], variants: list[str], args: argp
         command += f" --name {args.name}" if args.name != args.data.stem else ""
         command += " --save-models DIR" if variant in saved else ""
         command += " --from-pretrained DIR" if sources[variant] else ""
+        seeds = sorted(r["seed"] for r in by_variant[variant])
+        command += "" if seeds == [0, 1, 2] else " --seeds " + " ".join(map(str, seeds))
         commands.append(command)
     return commands
 
@@ -550,7 +571,8 @@ def write_table(args: argparse.Namespace) -> str:
             *[f"| `{v}` | {VARIANTS[v][0]} |" for v in variants],
             "",
             f"{args.data.name}: {first['n_cells']:,} cells, {first['epochs_per_phase']} pretraining + "
-            f"{first['epochs_per_phase']} joint epochs per run; CPU, one run at a time.",
+            f"{first['epochs_per_phase']} joint epochs per run unless a variant says otherwise; CPU, one run at a "
+            "time.",
             "",
             "| metric | " + " | ".join(f"`{v}` (n={len(by_variant[v])})" for v in variants) + " |",
             "|---|" + "---|" * len(variants),

@@ -657,6 +657,11 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         model._update_summary()
         return model
 
+    def __repr__(self) -> str:
+        # scvi-tools prints a colour-highlighted summary and returns ""; a plain string reads the same in a
+        # terminal, a notebook, a log file and inside containers
+        return self.summary_string
+
     @property
     def n_centroids(self) -> int:
         """Current number of mixture components."""
