@@ -3,16 +3,16 @@
 Usage::
 
     python benchmarks/training_step.py                  # snare_cortex.h5mu, minibatches of 64 cells
-    python benchmarks/training_step.py --steps 50 --batch-size 128
+    python benchmarks/training_step.py --batch-size 128 --atac-likelihoods zip --table /tmp/training_step_128.md
 
 SCMVP's two phases are timed with each ATAC likelihood asked for (``--atac-likelihoods``; by default the
 zero-inflated Poisson and the Poisson, whose decoder has no zero-inflation head), a MULTIVI step on the same
-minibatch size beside them, and the first layer of an ATAC
-encoder alone, fed a dense or a sparse CSR minibatch at several densities, shows whether a sparse product would
-pay (it does not on the CPU: the ATAC encoders take the dense minibatch). The minibatches are loaded before timing,
+minibatch size beside them, and the first layer of an ATAC encoder alone, fed a dense or a sparse CSR minibatch at
+several densities, shows whether a sparse product would pay (it does not on the CPU: the ATAC encoders take the
+dense minibatch). The minibatches are loaded before timing,
 so data loading is not counted; the optimiser is the one scvi-tools' ``TrainingPlan`` builds for training. Each
-timing runs a few untimed warm-up steps first. Writes ``benchmarks/results/training_step_<data>.json`` and the table
-``docs/training_step.md``.
+timing runs a few untimed warm-up steps first. Writes ``benchmarks/results/training_step_<data>.json`` (with
+``_batch<k>`` before ``.json`` for another minibatch size) and the table ``docs/training_step.md`` (``--table``).
 """
 
 from __future__ import annotations
@@ -153,7 +153,9 @@ def main() -> None:
     result["first_layer"] = time_first_layer(args.batch_size, mdata["atac"].n_vars, model.module.n_hidden, densities)
 
     args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / f"training_step_{args.data.stem}.json"
+    # runs on other minibatch sizes keep their own file beside that of the docs page's default run
+    size = "" if args.batch_size == parser.get_default("batch_size") else f"_batch{args.batch_size}"
+    path = args.results / f"training_step_{args.data.stem}{size}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     write_table(result, args.table)
     print(args.table.read_text())
