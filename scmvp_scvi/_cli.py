@@ -72,7 +72,12 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--n-centroids", type=int, default=None, help="mixture components K (default: Leiden clusters)")
     group.add_argument("--n-latent", type=int, default=20, help="latent dimension (default: %(default)s)")
     group.add_argument("--rna-likelihood", choices=RNA_LIKELIHOODS, default="nb", help="default: %(default)s")
-    group.add_argument("--atac-likelihood", choices=ATAC_LIKELIHOODS, default="zip", help="default: %(default)s")
+    group.add_argument(
+        "--atac-likelihood",
+        choices=ATAC_LIKELIHOODS,
+        default=None,
+        help="default: poisson on paired data, zip on a mosaic",
+    )
     group.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     group.add_argument(

@@ -263,6 +263,23 @@ def test_model_rejects_bad_arguments(small_mdata):
         SCMVP.setup_anndata(small_mdata["rna"])
 
 
+def test_atac_likelihood_default_depends_on_the_design_and_is_saved(small_mdata, tmp_path):
+    SCMVP.setup_mudata(small_mdata)
+    paired = SCMVP(small_mdata)
+    assert paired.module.atac_likelihood == "poisson"
+    assert paired.init_params_["non_kwargs"]["atac_likelihood"] == "poisson"
+    assert paired.init_params_["non_kwargs"]["single_modality_weight"] == 0.0
+    # an explicit choice wins, and a saved model (e.g. one trained with the earlier default) keeps its likelihood
+    zip_model = SCMVP(small_mdata, atac_likelihood="zip")
+    assert zip_model.module.atac_likelihood == "zip" and zip_model.module.decoder.atac_dropout is not None
+    assert paired.module.decoder.atac_dropout is None
+    zip_model.save(tmp_path / "zip", overwrite=True)
+    loaded = SCMVP.load(tmp_path / "zip", small_mdata)
+    assert loaded.module.atac_likelihood == "zip"
+    for name, value in zip_model.module.state_dict().items():
+        np.testing.assert_array_equal(loaded.module.state_dict()[name].numpy(), value.numpy())
+
+
 class _RecordWarmups(Callback):
     """Records the KL and cluster factors at the start of each epoch."""
 

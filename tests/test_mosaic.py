@@ -54,6 +54,7 @@ def test_setup_records_the_modalities_of_each_cell(capsys):
     assert model.is_mosaic
     assert model.observed_modality_counts == {"paired": mdata.n_obs - 2 * n, "rna_only": n, "atac_only": n}
     assert model.module.weights["single"] == 1.0
+    assert model.module.atac_likelihood == "zip"  # the mosaic default; paired data default to "poisson"
     model.view_anndata_setup()
     assert f"{n:,} rna-only" in capsys.readouterr().out
     assert f"{n:,} atac-only" in model._model_summary_string
