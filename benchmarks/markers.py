@@ -8,7 +8,7 @@ linked to the marker gene (``snare_cortex_gene_peak_links.npz``) among the peaks
 
 Usage::
 
-    python benchmarks/markers.py                        # train, test, write (about 35 minutes on 2 cores)
+    python benchmarks/markers.py                        # train, test, write (about 20 minutes on 2 cores)
     python benchmarks/markers.py --save-model models/markers   # keep the trained model
     python benchmarks/markers.py --model models/markers        # test a saved model
     python benchmarks/markers.py --table-only                  # rewrite the table from the saved JSON
