@@ -205,6 +205,12 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not 0 <= dropout_rate < 1:
             raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}.")
+        # defaults that depend on the design, resolved here so that init_params_ records them: a saved model, or a
+        # query mapped onto it, rebuilds the same module
+        if atac_likelihood is None:
+            atac_likelihood = "zip" if self.is_mosaic else "poisson"
+        if single_modality_weight is None:
+            single_modality_weight = 1.0 if self.is_mosaic else 0.0
         n_cats_per_cov = (
             self.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY).n_cats_per_key
             if REGISTRY_KEYS.CAT_COVS_KEY in self.adata_manager.data_registry
@@ -221,7 +227,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
             n_heads=n_heads,
             dropout_rate=dropout_rate,
             rna_likelihood=rna_likelihood,
-            atac_likelihood=("zip" if self.is_mosaic else "poisson") if atac_likelihood is None else atac_likelihood,
+            atac_likelihood=atac_likelihood,
             encode_covariates=encode_covariates,
             rna_weight=rna_weight,
             atac_weight=atac_weight,
@@ -232,18 +238,13 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
             encoder_input=encoder_input,
             atac_idf=self._atac_idf() if encoder_input == "normalized" else None,
             balance_target=balance_target,
-            single_modality_weight=(1.0 if self.is_mosaic else 0.0)
-            if single_modality_weight is None
-            else single_modality_weight,
+            single_modality_weight=single_modality_weight,
             library_fill=self._library_fill() if self.is_mosaic else None,
             **module_kwargs,
         )
         self.module.minified_data_type = self.minified_data_type
         self._update_summary()
         self.init_params_ = self._get_init_params(locals())
-        # record the resolved defaults, so that a saved model or a query mapped onto it rebuilds the same module
-        self.init_params_["non_kwargs"]["atac_likelihood"] = self.module.atac_likelihood
-        self.init_params_["non_kwargs"]["single_modality_weight"] = self.module.weights["single"]
 
     @property
     def is_mosaic(self) -> bool:

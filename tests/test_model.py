@@ -276,8 +276,9 @@ def test_atac_likelihood_default_depends_on_the_design_and_is_saved(small_mdata,
     zip_model.save(tmp_path / "zip", overwrite=True)
     loaded = SCMVP.load(tmp_path / "zip", small_mdata)
     assert loaded.module.atac_likelihood == "zip"
+    loaded_state = loaded.module.state_dict()
     for name, value in zip_model.module.state_dict().items():
-        np.testing.assert_array_equal(loaded.module.state_dict()[name].numpy(), value.numpy())
+        np.testing.assert_array_equal(loaded_state[name].numpy(), value.numpy())
 
 
 class _RecordWarmups(Callback):
