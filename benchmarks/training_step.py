@@ -9,11 +9,12 @@ SCMVP's two phases are timed with each ATAC likelihood asked for (``--atac-likel
 zero-inflated Poisson and the Poisson, whose decoder has no zero-inflation head), a MULTIVI step on the same
 minibatch size beside them, and the first layer of an ATAC encoder alone, fed a dense or a sparse CSR minibatch at
 several densities, shows whether a sparse product would pay (it does not on the CPU: the ATAC encoders take the
-dense minibatch). The minibatches are loaded before timing,
-so data loading is not counted; the optimiser is the one scvi-tools' ``TrainingPlan`` builds for training. Each
-timing runs a few untimed warm-up steps first. Writes ``benchmarks/results/training_step_<data>.json`` and the
-table ``docs/training_step.md``; a run on another minibatch size writes ``training_step_<data>_batch<k>.json`` and
-prints its table, leaving the docs page to the default run (unless ``--table`` names a file).
+dense minibatch). The minibatches are loaded before timing, so data loading is not counted; the optimiser is the
+one scvi-tools' ``TrainingPlan`` builds for training. The models take turns, one step each, after a few untimed
+warm-up steps, so that the ratios of their times hold on a machine whose speed drifts. Writes
+``benchmarks/results/training_step_<data>.json`` and the table ``docs/training_step.md``; a run on another
+minibatch size writes ``training_step_<data>_batch<k>.json`` and prints its table, leaving the docs page to the
+default run (unless ``--table`` names a file).
 """
 
 from __future__ import annotations
@@ -32,25 +33,36 @@ DEFAULT_DATA = Path(os.environ.get("SCMVP_DATA_DIR", ROOT.parent / "shared" / "d
 WARMUP_STEPS = 3
 
 
-def time_phase(module, optimizer, batches: list[dict]) -> dict[str, float]:
-    """Median milliseconds of the forward pass, backward pass and optimiser update over ``batches``."""
-    parts: dict[str, list[float]] = {"forward_ms": [], "backward_ms": [], "optimizer_ms": []}
-    module.train()
-    for step, batch in enumerate(batches):
-        start = time.perf_counter()
-        _, _, losses = module(batch)
-        forward = time.perf_counter()
-        optimizer.zero_grad()
-        losses.loss.backward()
-        backward = time.perf_counter()
-        optimizer.step()
-        end = time.perf_counter()
-        if step >= WARMUP_STEPS:
-            for key, seconds in zip(parts, (forward - start, backward - forward, end - backward), strict=True):
-                parts[key].append(seconds * 1e3)
-    result = {key: round(float(np.median(values)), 1) for key, values in parts.items()}
-    result["step_ms"] = round(sum(result.values()), 1)
-    return result
+def time_steps(participants: dict, n_steps: int) -> dict:
+    """Median milliseconds of the forward pass, backward pass and optimiser update of each participant.
+
+    ``participants`` maps a label to ``(module, optimizer, minibatches)``. They take turns, one step each, so that
+    a slower or faster spell of the machine falls on all of them alike and their ratios hold.
+    """
+    samples = {label: {"forward_ms": [], "backward_ms": [], "optimizer_ms": []} for label in participants}
+    for module, _, _ in participants.values():
+        module.train()
+    for step in range(n_steps):
+        for label, (module, optimizer, batches) in participants.items():
+            batch = batches[step]
+            start = time.perf_counter()
+            _, _, losses = module(batch)
+            forward = time.perf_counter()
+            optimizer.zero_grad()
+            losses.loss.backward()
+            backward = time.perf_counter()
+            optimizer.step()
+            end = time.perf_counter()
+            if step >= WARMUP_STEPS:
+                parts = samples[label]
+                for key, seconds in zip(parts, (forward - start, backward - forward, end - backward), strict=True):
+                    parts[key].append(seconds * 1e3)
+    results = {}
+    for label, parts in samples.items():
+        result = {key: round(float(np.median(values)), 1) for key, values in parts.items()}
+        result["step_ms"] = round(sum(result.values()), 1)
+        results[label] = result
+    return results
 
 
 def time_first_layer(n_cells: int, n_features: int, n_hidden: int, densities: list[float]) -> list[dict]:
@@ -79,8 +91,8 @@ def time_first_layer(n_cells: int, n_features: int, n_hidden: int, densities: li
     return rows
 
 
-def time_multivi(mdata, batch_size: int, steps: int) -> dict[str, float]:
-    """A MULTIVI training step (its default model) on minibatches of the same size."""
+def multivi_participant(mdata, batch_size: int, steps: int) -> tuple:
+    """MULTIVI (its default model), its optimiser and minibatches of the same size from its own loader."""
     import scvi
     from scvi.train import TrainingPlan
 
@@ -89,8 +101,7 @@ def time_multivi(mdata, batch_size: int, steps: int) -> dict[str, float]:
     multivi = scvi.model.MULTIVI(multivi_data)
     loader = multivi._make_data_loader(multivi_data, batch_size=batch_size, shuffle=True)
     batches = [batch for _, batch in zip(range(WARMUP_STEPS + steps), loader, strict=False)]
-    optimizer = TrainingPlan(multivi.module).configure_optimizers()["optimizer"]
-    return time_phase(multivi.module, optimizer, batches)
+    return multivi.module, TrainingPlan(multivi.module).configure_optimizers()["optimizer"], batches
 
 
 def main() -> None:
@@ -141,15 +152,21 @@ def main() -> None:
     }
     density = float(np.mean([batch["atac"].count_nonzero().item() / batch["atac"].numel() for batch in batches]))
     result["atac_density"] = round(density, 5)
-    result["scmvp"] = {}
+    participants = {}
     for likelihood in args.atac_likelihoods:
-        scvi.settings.seed = args.seed
-        model = scmvp_scvi.SCMVP(mdata, n_centroids=args.n_centroids, atac_likelihood=likelihood)
-        phases = {"pretraining": time_phase(model.module, optimizer(model.module), batches)}
-        model.initialize_gmm()  # KMeans with n_centroids on the joint latent, as after pretraining
-        phases["joint"] = time_phase(model.module, optimizer(model.module), batches)
-        result["scmvp"][likelihood] = phases
-    result["multivi"] = time_multivi(mdata, args.batch_size, args.steps)
+        for phase in ("pretraining", "joint"):
+            scvi.settings.seed = args.seed
+            model = scmvp_scvi.SCMVP(mdata, n_centroids=args.n_centroids, atac_likelihood=likelihood)
+            if phase == "joint":
+                model.initialize_gmm()  # KMeans with n_centroids on the joint latent, as after pretraining
+            participants[(likelihood, phase)] = (model.module, optimizer(model.module), batches)
+    participants["multivi"] = multivi_participant(mdata, args.batch_size, args.steps)
+    timings = time_steps(participants, len(batches))
+    result["scmvp"] = {likelihood: {} for likelihood in args.atac_likelihoods}
+    for likelihood in args.atac_likelihoods:
+        for phase in ("pretraining", "joint"):
+            result["scmvp"][likelihood][phase] = timings[(likelihood, phase)]
+    result["multivi"] = timings["multivi"]
     densities = sorted({round(density, 4), 0.01, 0.02, 0.05, 0.1, 0.2})  # that of the data, then denser
     result["first_layer"] = time_first_layer(args.batch_size, mdata["atac"].n_vars, model.module.n_hidden, densities)
 
@@ -171,12 +188,18 @@ def main() -> None:
 def render_table(result: dict, command: str) -> str:
     """The docs page: what was measured, the command, and the median milliseconds of each part."""
     parts = ("forward_ms", "backward_ms", "optimizer_ms", "step_ms")
+    multivi_step = result["multivi"]["step_ms"]
+
+    def row(label: str, timing: dict) -> str:
+        ratio = timing["step_ms"] / multivi_step
+        return f"| {label} | " + " | ".join(str(timing[part]) for part in parts) + f" | {ratio:.2f} |"
+
     rows = [
-        f"| SCMVP {phase}, ATAC {likelihood} | " + " | ".join(str(phases[phase][part]) for part in parts) + " |"
+        row(f"SCMVP {phase}, ATAC {likelihood}", phases[phase])
         for likelihood, phases in result["scmvp"].items()
         for phase in ("pretraining", "joint")
     ]
-    rows.append("| MULTIVI | " + " | ".join(str(result["multivi"][part]) for part in parts) + " |")
+    rows.append(row("MULTIVI", result["multivi"]))
     layer_rows = "\n".join(
         f"| {row['density']:.2%} | {row['dense_ms']} | {row['sparse_ms']} |" for row in result["first_layer"]
     )
@@ -192,15 +215,15 @@ def render_table(result: dict, command: str) -> str:
         f"One training step on {result['data']} ({result['n_cells']:,} cells, {result['n_genes']:,} genes, "
         f"{result['n_peaks']:,} peaks; {result['atac_density']:.2%} of the ATAC entries of a minibatch are "
         f"non-zero), minibatches of {result['batch_size']} cells, median of {result['timed_steps']} steps after "
-        f"warm-up; CPU only ({result['machine']}, {result['torch_threads']} threads, torch {result['torch']}), "
+        "warm-up, the models taking turns step by step; CPU only "
+        f"({result['machine']}, {result['torch_threads']} threads, torch {result['torch']}), "
         f"scmvp_scvi {result['scmvp_scvi']}. Data loading is not counted; the optimiser is the one scvi-tools' "
         "`TrainingPlan` builds (fused Adam). SCMVP is timed with each ATAC likelihood (`zip`: the zero-inflated "
         "Poisson, `poisson`: no zero-inflation head), MULTIVI (its default model) on minibatches of the same "
         "size. Produced by:\n\n"
         f"```bash\n{command}\n```\n\n"
-        "| model and phase | forward (ms) | backward (ms) | optimiser (ms) | step (ms) |\n|---|---|---|---|---|\n"
-        + "\n".join(rows)
-        + "\n\nThe first layer alone (forward and backward, "
+        "| model and phase | forward (ms) | backward (ms) | optimiser (ms) | step (ms) | step / MULTIVI's |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\nThe first layer alone (forward and backward, "
         f"{result['batch_size']} cells x {result['n_peaks']:,} features into 128 hidden units, random entries at "
         f"each density), in milliseconds. {verdict}\n\n"
         "| non-zero entries | dense input | sparse input |\n|---|---|---|\n"

@@ -14,6 +14,8 @@ from torch.distributions import Normal
 # Variance floor of every Gaussian posterior (as in the reference code) and clamp of its log-variance head.
 VAR_EPS = 1e-4
 LOG_VAR_MIN, LOG_VAR_MAX = -12.0, 8.0
+# one latent minibatch, or several of the same cells that a decoder channel decodes together
+Latents = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 class DenseBlock(nn.Module):
@@ -359,17 +361,29 @@ class TwoChannelDecoder(nn.Module):
         """Cluster gate for a minibatch."""
         return self.cluster_attention(gamma, n_obs, self.n_hidden)
 
-    def rna(self, z: torch.Tensor, gate: torch.Tensor, *cat_list: torch.Tensor):
-        """Return ``(rho, zero-inflation logits or None)`` of the RNA channel."""
-        h = self.rna_hidden(z, *cat_list) * gate
+    def rna(self, z: Latents, gate: Latents, *cat_list: torch.Tensor):
+        """Return ``(rho, zero-inflation logits or None)`` of the RNA channel.
+
+        ``z`` and ``gate`` may be tuples of latents of the same cells (same covariates): each gets its own hidden
+        layer, batch statistics included, and the output layer runs once on their stacked rows, which is what is
+        returned. Stacked, the large output layer costs one matrix product and one weight gradient.
+        """
+        h = _stacked(lambda z, gate: self.rna_hidden(z, *cat_list) * gate, z, gate)
         dropout = self.rna_dropout(h) if self.rna_dropout is not None else None
         return torch.softmax(self.rna_scale(h), dim=-1), dropout
 
-    def atac(self, z: torch.Tensor, gate: torch.Tensor, *cat_list: torch.Tensor):
-        """Return ``(alpha, zero-inflation logits or None)`` of the ATAC channel."""
-        h = self.atac_attention(self.atac_hidden(z, *cat_list)) * gate
+    def atac(self, z: Latents, gate: Latents, *cat_list: torch.Tensor):
+        """Return ``(alpha, zero-inflation logits or None)`` of the ATAC channel (``z``, ``gate``: as in ``rna``)."""
+        h = _stacked(lambda z, gate: self.atac_attention(self.atac_hidden(z, *cat_list)) * gate, z, gate)
         dropout = self.atac_dropout(h) if self.atac_dropout is not None else None
         return torch.softmax(self.atac_scale(h), dim=-1), dropout
+
+
+def _stacked(hidden, z: Latents, gate: Latents) -> torch.Tensor:
+    """``hidden(z, gate)``, or the rows of ``hidden`` of each pair stacked when given tuples."""
+    if isinstance(z, torch.Tensor):
+        return hidden(z, gate)
+    return torch.cat([hidden(*pair) for pair in zip(z, gate, strict=True)])
 
 
 def rebuild_cluster_attention(decoder: TwoChannelDecoder, n_components: int) -> None:

@@ -1,11 +1,12 @@
 """Observation models of the two channels, each one distribution object.
 
 Every likelihood is a :class:`torch.distributions.Distribution` with the decoded mean ``mu`` (the mean of the count
-component, before any zero-inflation), the normalised mean ``scale`` (``rho`` or ``alpha``), and three methods the
-rest of the package calls: ``log_prob`` (per entry), ``prob_nonzero`` (the probability of observing a non-zero
-count: for ATAC, that the peak is open) and ``denoised`` (what imputation returns). The negative binomials are
-scvi-tools' own; the Poisson family evaluates its non-zero branch on the non-zero entries only, since peak
-matrices are more than 99% zeros. ``LIKELIHOODS`` is the one registry of them.
+component, before any zero-inflation), the normalised mean ``scale`` (``rho`` or ``alpha``), and the methods the
+rest of the package calls: ``log_prob`` (per entry), ``cell_log_prob`` (per cell: what training sums),
+``prob_nonzero`` (the probability of observing a non-zero count: for ATAC, that the peak is open) and ``denoised``
+(what imputation returns). The negative binomials are scvi-tools' own; the negative binomial and the Poisson family
+evaluate the terms that depend on the count on the non-zero entries only, since peak matrices are more than 99%
+zeros and gene matrices more than 90% in snare_cortex. ``LIKELIHOODS`` is the one registry of them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ def _log_poisson(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     return x * torch.log(mu + _EPS) - mu - torch.lgamma(x + 1)
 
 
+def _log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    log_theta_mu = torch.log(theta + mu + _EPS)
+    return (
+        theta * (torch.log(theta + _EPS) - log_theta_mu)
+        + x * (torch.log(mu + _EPS) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1)
+    )
+
+
 def _where_nonzero(
     x: torch.Tensor,
     log_p_zero: torch.Tensor,
@@ -42,13 +54,31 @@ def _where_nonzero(
     return log_p_zero.index_put(index, log_p_nonzero(x[index], *(p[index] for p in params)))
 
 
+class _CellLogProb:
+    """``cell_log_prob``: the log-probability of each cell's profile (``log_prob`` summed over the features)."""
+
+    def cell_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-probability of each cell, shape ``value.shape[:-1]``."""
+        return self.log_prob(value).sum(-1)
+
+
 def _nb_prob_nonzero(mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     # P(0) = (theta / (theta + mu)) ** theta
     return 1 - torch.exp(theta * (torch.log(theta + _EPS) - torch.log(theta + mu + _EPS)))
 
 
-class NB(NegativeBinomial):
-    """scvi-tools' negative binomial (``mu``, inverse dispersion ``theta``) with the package's extra methods."""
+class NB(_CellLogProb, NegativeBinomial):
+    """scvi-tools' negative binomial (``mu``, inverse dispersion ``theta``) with the package's extra methods.
+
+    ``log_prob`` evaluates the count-dependent terms (gamma functions included) on the non-zero entries only:
+    ``log P(0) = theta (log theta - log(theta + mu))`` needs none of them.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-probability of each entry."""
+        theta = self.theta
+        log_zero = theta * (torch.log(theta + _EPS) - torch.log(theta + self.mu + _EPS))
+        return _where_nonzero(value, log_zero, _log_nb, self.mu, theta)
 
     def prob_nonzero(self) -> torch.Tensor:
         """Probability of a non-zero count."""
@@ -59,7 +89,7 @@ class NB(NegativeBinomial):
         return self.mu
 
 
-class ZINB(ZeroInflatedNegativeBinomial):
+class ZINB(_CellLogProb, ZeroInflatedNegativeBinomial):
     """scvi-tools' zero-inflated negative binomial with the package's extra methods."""
 
     def prob_nonzero(self) -> torch.Tensor:
@@ -71,15 +101,35 @@ class ZINB(ZeroInflatedNegativeBinomial):
         return self.mu
 
 
-class SparsePoisson(Distribution):
-    """Poisson counts with mean ``mu``; ``log_prob`` evaluates ``log x!`` and ``log mu`` on non-zeros only."""
+class SparsePoisson(_CellLogProb, Distribution):
+    """Poisson counts with mean ``mu``; ``log_prob`` evaluates ``log x!`` and ``log mu`` on non-zeros only.
+
+    Built from ``scale`` and the log ``library`` instead of ``mu``, the mean is only formed when asked for, and
+    ``cell_log_prob`` needs it on the non-zero entries alone: the sum of the means over a cell's features is its
+    library size times the sum of ``scale``.
+    """
 
     arg_constraints: ClassVar[dict] = {"mu": constraints.greater_than_eq(0)}
     support = constraints.nonnegative_integer
 
-    def __init__(self, mu: torch.Tensor, scale: torch.Tensor | None = None, validate_args: bool = False):
-        self.mu, self.scale = mu, scale
-        super().__init__(batch_shape=mu.shape, validate_args=validate_args)
+    def __init__(
+        self,
+        mu: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+        validate_args: bool = False,
+        library: torch.Tensor | None = None,
+    ):
+        if mu is None and (scale is None or library is None):
+            raise ValueError("SparsePoisson needs mu, or scale and library.")
+        self._mu, self.scale, self.library = mu, scale, library
+        super().__init__(batch_shape=(scale if mu is None else mu).shape, validate_args=validate_args)
+
+    @property
+    def mu(self) -> torch.Tensor:
+        """Mean count of each entry."""
+        if self._mu is None:
+            self._mu = torch.exp(self.library) * self.scale
+        return self._mu
 
     @property
     def mean(self) -> torch.Tensor:
@@ -88,6 +138,16 @@ class SparsePoisson(Distribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Log-probability of each entry."""
         return _where_nonzero(value, -self.mu, _log_poisson, self.mu)
+
+    def cell_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-probability of each cell, shape ``value.shape[:-1]``."""
+        if self._mu is not None or value.dim() != 2 or value.shape != self.scale.shape:
+            return super().cell_log_prob(value)
+        size = torch.exp(self.library).reshape(-1)
+        rows, cols = torch.nonzero(value > 0, as_tuple=True)
+        x = value[rows, cols]
+        nonzero = x * torch.log(self.scale[rows, cols] * size[rows] + _EPS) - torch.lgamma(x + 1)
+        return -size * self.scale.sum(-1) + torch.zeros_like(size).index_add(0, rows, nonzero)
 
     def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> torch.Tensor:
         """Draw counts."""
@@ -107,6 +167,9 @@ class ZeroInflatedPoisson(SparsePoisson):
     """Poisson counts of mean ``mu`` that drop out to zero with probability ``sigmoid(zi_logits)``."""
 
     arg_constraints: ClassVar[dict] = {"mu": constraints.greater_than_eq(0), "zi_logits": constraints.real}
+
+    # the zero branch needs every mean
+    cell_log_prob = _CellLogProb.cell_log_prob
 
     def __init__(
         self,
@@ -154,6 +217,7 @@ class OpenPeak(SparsePoisson):
     """
 
     support = constraints.boolean
+    cell_log_prob = _CellLogProb.cell_log_prob
 
     @property
     def mean(self) -> torch.Tensor:
@@ -181,16 +245,24 @@ class Likelihood:
     zero_inflated: bool = False
 
 
+def _mean(mu: torch.Tensor | None, scale: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+    return torch.exp(library) * scale if mu is None else mu
+
+
 LIKELIHOODS: dict[str, Likelihood] = {
-    "nb": Likelihood(lambda mu, theta, zi, scale: NB(mu=mu, theta=theta, scale=scale), dispersion=True),
+    "nb": Likelihood(
+        lambda mu, theta, zi, scale, lib: NB(mu=_mean(mu, scale, lib), theta=theta, scale=scale), dispersion=True
+    ),
     "zinb": Likelihood(
-        lambda mu, theta, zi, scale: ZINB(mu=mu, theta=theta, zi_logits=zi, scale=scale),
+        lambda mu, theta, zi, scale, lib: ZINB(mu=_mean(mu, scale, lib), theta=theta, zi_logits=zi, scale=scale),
         dispersion=True,
         zero_inflated=True,
     ),
-    "poisson": Likelihood(lambda mu, theta, zi, scale: SparsePoisson(mu, scale)),
-    "zip": Likelihood(lambda mu, theta, zi, scale: ZeroInflatedPoisson(mu, zi, scale), zero_inflated=True),
-    "bernoulli": Likelihood(lambda mu, theta, zi, scale: OpenPeak(mu, scale)),
+    "poisson": Likelihood(lambda mu, theta, zi, scale, lib: SparsePoisson(mu, scale, library=lib)),
+    "zip": Likelihood(
+        lambda mu, theta, zi, scale, lib: ZeroInflatedPoisson(_mean(mu, scale, lib), zi, scale), zero_inflated=True
+    ),
+    "bernoulli": Likelihood(lambda mu, theta, zi, scale, lib: OpenPeak(_mean(mu, scale, lib), scale)),
 }
 RNA_LIKELIHOODS = ("nb", "zinb", "poisson")
 ATAC_LIKELIHOODS = ("zip", "poisson", "nb", "bernoulli")
@@ -198,10 +270,11 @@ ATAC_LIKELIHOODS = ("zip", "poisson", "nb", "bernoulli")
 
 def observation_model(
     likelihood: str,
-    mu: torch.Tensor,
+    mu: torch.Tensor | None = None,
     theta: torch.Tensor | None = None,
     zi_logits: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
+    library: torch.Tensor | None = None,
 ) -> Distribution:
     """Build the distribution of the counts for decoded parameters.
 
@@ -210,12 +283,17 @@ def observation_model(
     likelihood
         A key of ``LIKELIHOODS``: ``"nb"``, ``"zinb"``, ``"poisson"``, ``"zip"`` or ``"bernoulli"``.
     mu
-        Mean of the count (Poisson or negative binomial) component.
+        Mean of the count (Poisson or negative binomial) component; ``None``: ``exp(library) * scale``, formed
+        only where the likelihood needs it.
     theta
         Inverse dispersion (``"nb"``, ``"zinb"``).
     zi_logits
         Logits of the zero-inflation (dropout) probability (``"zinb"``, ``"zip"``).
     scale
         Normalised mean (``mu`` divided by the library size), kept for the outputs.
+    library
+        Log library size of each cell, shape ``(n, 1)``; needed when ``mu`` is ``None``.
     """
-    return LIKELIHOODS[likelihood].build(mu, theta, zi_logits, scale)
+    if mu is None and (scale is None or library is None):
+        raise ValueError("observation_model needs mu, or scale and library.")
+    return LIKELIHOODS[likelihood].build(mu, theta, zi_logits, scale, library)

@@ -15,6 +15,7 @@ from ._components import (
     ATACEncoder,
     GaussianMixturePrior,
     JointEncoder,
+    Latents,
     PosteriorFusion,
     RNAEncoder,
     TwoChannelDecoder,
@@ -286,6 +287,9 @@ class SCMVPModule(BaseModuleClass):
             "log_gamma": inference_outputs["log_gamma"],
             "batch_index": batch_index,
             "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+            # pretraining decodes each single-modality latent too: in the same pass, sharing the output layers
+            "z_rna": None if bool(self.gmm_initialized) else inference_outputs.get("z_rna"),
+            "z_atac": None if bool(self.gmm_initialized) else inference_outputs.get("z_atac"),
         }
 
     def _encoder_input(self, counts: torch.Tensor, library: torch.Tensor, modality: str) -> torch.Tensor:
@@ -408,15 +412,29 @@ class SCMVPModule(BaseModuleClass):
         library = torch.log(observed.clamp_min(1.0))
         return torch.where(observed > 0, library, self.library_fill[modality]) if self.mosaic else library
 
+    def _decode(self, channel: str, z: Latents, gate: Latents, library, covariates) -> list[Distribution]:
+        """Observation models of one channel, one per latent when ``z`` and ``gate`` are tuples (else a list of one).
+
+        Tuples share the channel's output layer, evaluated once on their stacked rows.
+        """
+        decode = self.decoder.rna if channel == "rna" else self.decoder.atac
+        scale, zi_logits = decode(z, gate, *covariates)
+        log_theta = self.rna_log_theta if channel == "rna" else self.atac_log_theta
+        theta = log_theta.exp() if log_theta is not None else None
+        likelihood = self.rna_likelihood if channel == "rna" else self.atac_likelihood
+        n_parts = 1 if isinstance(z, torch.Tensor) else len(z)
+        scales = scale.chunk(n_parts)
+        zi_parts = zi_logits.chunk(n_parts) if zi_logits is not None else (None,) * n_parts
+        return [
+            observation_model(likelihood, None, theta, zi, scale=part, library=library)
+            for part, zi in zip(scales, zi_parts, strict=True)
+        ]
+
     def _decode_rna(self, z, gate, library, covariates) -> Distribution:
-        rho, zi_logits = self.decoder.rna(z, gate, *covariates)
-        theta = self.rna_log_theta.exp() if self.rna_log_theta is not None else None
-        return observation_model(self.rna_likelihood, torch.exp(library) * rho, theta, zi_logits, scale=rho)
+        return self._decode("rna", z, gate, library, covariates)[0]
 
     def _decode_atac(self, z, gate, library, covariates) -> Distribution:
-        alpha, zi_logits = self.decoder.atac(z, gate, *covariates)
-        theta = self.atac_log_theta.exp() if self.atac_log_theta is not None else None
-        return observation_model(self.atac_likelihood, torch.exp(library) * alpha, theta, zi_logits, scale=alpha)
+        return self._decode("atac", z, gate, library, covariates)[0]
 
     @auto_move_data
     def generative(
@@ -428,26 +446,34 @@ class SCMVPModule(BaseModuleClass):
         batch_index: torch.Tensor,
         cat_covs: torch.Tensor | None = None,
         modalities: Sequence[str] = ("rna", "atac"),
+        z_rna: torch.Tensor | None = None,
+        z_atac: torch.Tensor | None = None,
     ) -> dict[str, Distribution | torch.Tensor]:
         """Decode latent ``z`` into the observation models of both modalities (``px_rna``, ``px_atac``).
 
         Each is a distribution (see ``scmvp_scvi._likelihoods``) with the decoded mean ``mu``, the normalised mean
-        ``scale`` (``rho`` for genes, ``alpha`` for peaks), ``log_prob``, ``prob_nonzero`` and ``denoised``.
-        ``modalities`` limits decoding to the ones an output needs (the peaks cost most).
+        ``scale`` (``rho`` for genes, ``alpha`` for peaks), ``log_prob``, ``cell_log_prob``, ``prob_nonzero`` and
+        ``denoised``. ``modalities`` limits decoding to the ones an output needs (the peaks cost most). Before
+        joint training, ``z_rna`` and ``z_atac`` (the single-modality latents) are decoded into their own modality
+        alongside ``z`` (``px_rna_single``, ``px_atac_single``), the terms of pretraining.
         """
         covariates = self._covariates(batch_index, cat_covs)
         gate = self.decoder.gate(None if log_gamma is None else log_gamma.exp(), z.shape[0])
         outputs = {"gate": gate}
-        if "rna" in modalities:
-            outputs["px_rna"] = self._decode_rna(z, gate, library_rna, covariates)
-        if "atac" in modalities:
-            outputs["px_atac"] = self._decode_atac(z, gate, library_atac, covariates)
+        for channel, z_single, library in (("rna", z_rna, library_rna), ("atac", z_atac, library_atac)):
+            if channel not in modalities:
+                continue
+            if z_single is None or log_gamma is not None:
+                outputs[f"px_{channel}"] = self._decode(channel, z, gate, library, covariates)[0]
+            else:  # pretraining: the single-modality latent decodes with the same neutral gate
+                px, px_single = self._decode(channel, (z, z_single), (gate, gate), library, covariates)
+                outputs[f"px_{channel}"], outputs[f"px_{channel}_single"] = px, px_single
         return outputs
 
     @staticmethod
     def _nll(x: torch.Tensor, px: Distribution) -> torch.Tensor:
         """Per-cell negative log-likelihood of counts ``x``."""
-        return -px.log_prob(x).sum(-1)
+        return -px.cell_log_prob(x)
 
     def loss(
         self,
@@ -479,7 +505,7 @@ class SCMVPModule(BaseModuleClass):
             total = cluster_warmup * total
             atac_weight = w["atac"] if w["joint_atac"] is None else w["joint_atac"]
         else:
-            total, kl_prior, extra = self._pretraining_terms(tensors, inference_outputs, paired)
+            total, kl_prior, extra = self._pretraining_terms(tensors, inference_outputs, generative_outputs, paired)
             atac_weight = w["atac"]
         if paired is not None:
             # the single-modality posteriors follow the joint one (not the reverse), and the KL is taken from
@@ -531,16 +557,18 @@ class SCMVPModule(BaseModuleClass):
             )
         raise FloatingPointError(f"SCMVP stopped during {phase}: {cause}.")
 
-    def _pretraining_terms(self, tensors, inference_outputs, paired=None):
+    def _pretraining_terms(self, tensors, inference_outputs, generative_outputs, paired=None):
         """Single-modality VAEs through the shared decoder channels, standard normal priors.
 
         On mosaics they cover the paired cells only: a single-modality cell's own posterior is already ``qz``.
         """
-        covariates = self._covariates(tensors[REGISTRY_KEYS.BATCH_KEY], tensors.get(REGISTRY_KEYS.CAT_COVS_KEY))
-        z_rna, z_atac = inference_outputs["z_rna"], inference_outputs["z_atac"]
-        gate = self.decoder.gate(None, z_rna.shape[0])
-        px_rna = self._decode_rna(z_rna, gate, inference_outputs["library_rna"], covariates)
-        px_atac = self._decode_atac(z_atac, gate, inference_outputs["library_atac"], covariates)
+        px_rna, px_atac = generative_outputs.get("px_rna_single"), generative_outputs.get("px_atac_single")
+        if px_rna is None or px_atac is None:  # generative outputs made without the single-modality latents
+            covariates = self._covariates(tensors[REGISTRY_KEYS.BATCH_KEY], tensors.get(REGISTRY_KEYS.CAT_COVS_KEY))
+            z_rna, z_atac = inference_outputs["z_rna"], inference_outputs["z_atac"]
+            gate = self.decoder.gate(None, z_rna.shape[0])
+            px_rna = self._decode_rna(z_rna, gate, inference_outputs["library_rna"], covariates)
+            px_atac = self._decode_atac(z_atac, gate, inference_outputs["library_atac"], covariates)
         nll_rna_single = _only(self._nll(tensors[REGISTRY_KEYS.X_KEY], px_rna), paired)
         nll_atac_single = _only(self._nll(tensors[REGISTRY_KEYS.ATAC_X_KEY], px_atac), paired)
         kl_prior = _kl_standard_normal(inference_outputs["qz"])

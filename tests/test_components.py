@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+import scvi
 import torch
 import torch.nn.functional as F
 from torch.distributions import Normal
@@ -127,6 +128,43 @@ def test_decoder_gate_changes_output_and_neutral_gate():
     assert alpha.shape == dropout.shape == (6, 12)
 
 
+def test_decoder_stacks_several_latents_like_separate_calls():
+    """Latents passed as a tuple get their own hidden layers and batch statistics; only the output layer is shared."""
+    torch.manual_seed(0)
+    decoder = TwoChannelDecoder(4, 16, 10, 12, 4, 3, None, True, True).train()
+    z_a, z_b = torch.randn(6, 4), torch.randn(6, 4) * 3 + 1
+    gate = decoder.gate(None, 6)
+    for channel in (decoder.rna, decoder.atac):
+        torch.manual_seed(1)
+        scale, dropout = channel((z_a, z_b), (gate, gate))
+        torch.manual_seed(1)
+        separate = [channel(z, gate) for z in (z_a, z_b)]
+        assert scale.shape == (12, dropout.shape[1])
+        assert torch.allclose(scale, torch.cat([part[0] for part in separate]), atol=1e-6)
+        assert torch.allclose(dropout, torch.cat([part[1] for part in separate]), atol=1e-5)
+
+
+def test_poisson_cell_log_prob_from_scale_and_library_matches_the_dense_formula():
+    """The Poisson built from scale and library sums over cells without forming every mean, in value and gradient."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 30, generator=generator, requires_grad=True)
+    library = torch.rand(8, 1, generator=generator) * 3
+    x = torch.poisson(torch.full((8, 30), 0.3), generator=generator)
+    x[0] = 0  # a cell without counts
+    scale = torch.softmax(logits, -1)
+    lazy = observation_model("poisson", None, scale=scale, library=library)
+    expected = torch.distributions.Poisson(torch.exp(library) * scale).log_prob(x).sum(-1)
+    observed = lazy.cell_log_prob(x)
+    assert torch.allclose(observed, expected, rtol=1e-5, atol=1e-4)
+    weights = torch.randn(8, generator=generator)
+    grad = torch.autograd.grad((observed * weights).sum(), logits, retain_graph=True)[0]
+    expected_grad = torch.autograd.grad((expected * weights).sum(), logits)[0]
+    assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(lazy.mu, torch.exp(library) * scale)
+    with pytest.raises(ValueError, match="scale and library"):
+        observation_model("poisson", None, scale=scale)
+
+
 @pytest.mark.parametrize("likelihood", ["nb", "zinb", "poisson", "zip"])
 def test_count_likelihoods_are_normalised(likelihood):
     mu = torch.tensor([[0.3, 2.0, 7.0]])
@@ -142,7 +180,7 @@ def test_count_likelihoods_are_normalised(likelihood):
     assert torch.allclose(p_nonzero[0], 1 - log_p[0].exp(), atol=1e-5)
 
 
-@pytest.mark.parametrize("likelihood", ["poisson", "zip", "bernoulli"])
+@pytest.mark.parametrize("likelihood", ["poisson", "zip", "bernoulli", "nb"])
 def test_sparse_evaluation_matches_dense_formula(likelihood):
     """Likelihoods that evaluate their non-zero branch on the non-zeros only equal the dense textbook formula,
     in value and gradient, also when x is mostly zeros or has no zero at all."""
@@ -152,19 +190,22 @@ def test_sparse_evaluation_matches_dense_formula(likelihood):
         x = counts * (torch.rand(40, 50, generator=generator) < density)
         mu = (torch.rand(40, 50, generator=generator) * 5 + 1e-3).requires_grad_()
         zi = (torch.randn(40, 50, generator=generator) * 2).requires_grad_()
+        theta = (torch.rand(50, generator=generator) * 3 + 0.1).requires_grad_()
         poisson = torch.distributions.Poisson(mu).log_prob(x)
-        if likelihood == "poisson":
+        if likelihood == "nb":  # scvi-tools' dense formula
+            expected = scvi.distributions.NegativeBinomial(mu=mu, theta=theta).log_prob(x)
+        elif likelihood == "poisson":
             expected = poisson
         elif likelihood == "zip":
             log_pi, log_not_pi = -F.softplus(-zi), -F.softplus(zi)
             expected = torch.where(x > 0, log_not_pi + poisson, torch.logaddexp(log_pi, log_not_pi - mu))
         else:
             expected = torch.where(x > 0, torch.log1p(-torch.exp(-mu)), -mu)
-        observed = log_likelihood(likelihood, x, mu, zi_logits=zi)
+        observed = log_likelihood(likelihood, x, mu, theta, zi_logits=zi)
         assert torch.allclose(observed, expected.sum(-1), rtol=1e-5, atol=1e-4)
         weights = torch.randn(40, generator=generator)
-        grads = torch.autograd.grad((observed * weights).sum(), (mu, zi), allow_unused=True)
-        expected_grads = torch.autograd.grad((expected.sum(-1) * weights).sum(), (mu, zi), allow_unused=True)
+        grads = torch.autograd.grad((observed * weights).sum(), (mu, zi, theta), allow_unused=True)
+        expected_grads = torch.autograd.grad((expected.sum(-1) * weights).sum(), (mu, zi, theta), allow_unused=True)
         for grad, expected_grad in zip(grads, expected_grads, strict=True):
             if expected_grad is not None:
                 assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-5)

@@ -292,6 +292,31 @@ class _RecordWarmups(Callback):
         self.cluster.append(float(pl_module.cluster_warmup))
 
 
+@pytest.mark.parametrize("atac_likelihood", ["poisson", "zip"])
+def test_pretraining_loss_same_with_single_latents_decoded_in_generative_or_in_the_loss(small_mdata, atac_likelihood):
+    """Pretraining decodes the single-modality latents beside the joint one; the loss is that of decoding them apart."""
+    SCMVP.setup_mudata(small_mdata)
+    model = SCMVP(small_mdata, n_centroids=3, atac_likelihood=atac_likelihood)
+    module = model.module.train()
+    tensors = next(iter(model._make_data_loader(small_mdata, batch_size=32)))
+    torch.manual_seed(0)
+    inference_outputs = module.inference(**module._get_inference_input(tensors))
+    generative_inputs = module._get_generative_input(tensors, inference_outputs)
+    assert generative_inputs["z_rna"] is not None  # pretraining passes the single-modality latents
+    torch.manual_seed(1)
+    together = module.generative(**generative_inputs)
+    torch.manual_seed(1)
+    apart = module.generative(**{**generative_inputs, "z_rna": None, "z_atac": None})
+    assert {"px_rna_single", "px_atac_single"} <= set(together) and "px_rna_single" not in apart
+    loss_together = module.loss(tensors, inference_outputs, together)
+    torch.manual_seed(1)  # the loss decodes the single-modality latents itself, after the joint one
+    module.generative(**{**generative_inputs, "z_rna": None, "z_atac": None})
+    loss_apart = module.loss(tensors, inference_outputs, apart)
+    assert torch.allclose(loss_together.loss, loss_apart.loss, rtol=1e-5)
+    for name in ("nll_rna_single", "nll_atac_single"):
+        assert torch.allclose(loss_together.extra_metrics[name], loss_apart.extra_metrics[name], rtol=1e-5)
+
+
 def test_warmups_of_each_phase(small_mdata):
     SCMVP.setup_mudata(small_mdata)
     model = SCMVP(small_mdata)
