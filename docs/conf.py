@@ -36,6 +36,7 @@ exclude_patterns = [
     "tutorials/*.h5mu",
     "ablation_table.md",
     "ablation_fusion_table.md",
+    "ablation_timing_table.md",
     "screen_table.md",
     "markers_table.md",
     "scaling_table.md",

@@ -280,6 +280,7 @@ class SCMVPModule(BaseModuleClass):
         batch_index = tensors[REGISTRY_KEYS.BATCH_KEY]
         if transform_batch is not None:
             batch_index = torch.full_like(batch_index, int(transform_batch))
+        pretraining = inference_outputs["log_gamma"] is None
         return {
             "z": inference_outputs["z"],
             "library_rna": inference_outputs["library_rna"],
@@ -287,9 +288,10 @@ class SCMVPModule(BaseModuleClass):
             "log_gamma": inference_outputs["log_gamma"],
             "batch_index": batch_index,
             "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
-            # pretraining decodes each single-modality latent too: in the same pass, sharing the output layers
-            "z_rna": None if bool(self.gmm_initialized) else inference_outputs.get("z_rna"),
-            "z_atac": None if bool(self.gmm_initialized) else inference_outputs.get("z_atac"),
+            # pretraining (no responsibilities yet) decodes each single-modality latent too, sharing the output
+            # layers; read from the inference outputs, not from the mixture flag, which would wait for the device
+            "z_rna": inference_outputs.get("z_rna") if pretraining else None,
+            "z_atac": inference_outputs.get("z_atac") if pretraining else None,
         }
 
     def _encoder_input(self, counts: torch.Tensor, library: torch.Tensor, modality: str) -> torch.Tensor:

@@ -315,6 +315,11 @@ def test_pretraining_loss_same_with_single_latents_decoded_in_generative_or_in_t
     assert torch.allclose(loss_together.loss, loss_apart.loss, rtol=1e-5)
     for name in ("nll_rna_single", "nll_atac_single"):
         assert torch.allclose(loss_together.extra_metrics[name], loss_apart.extra_metrics[name], rtol=1e-5)
+    model.initialize_gmm()  # joint training decodes the joint latent only
+    inference_outputs = module.inference(**module._get_inference_input(tensors))
+    generative_inputs = module._get_generative_input(tensors, inference_outputs)
+    assert generative_inputs["z_rna"] is None and generative_inputs["z_atac"] is None
+    assert "px_atac_single" not in module.generative(**generative_inputs)
 
 
 def test_warmups_of_each_phase(small_mdata):
