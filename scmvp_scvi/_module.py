@@ -432,12 +432,6 @@ class SCMVPModule(BaseModuleClass):
             for part, zi in zip(scales, zi_parts, strict=True)
         ]
 
-    def _decode_rna(self, z, gate, library, covariates) -> Distribution:
-        return self._decode("rna", z, gate, library, covariates)[0]
-
-    def _decode_atac(self, z, gate, library, covariates) -> Distribution:
-        return self._decode("atac", z, gate, library, covariates)[0]
-
     @auto_move_data
     def generative(
         self,
@@ -465,7 +459,7 @@ class SCMVPModule(BaseModuleClass):
         for channel, z_single, library in (("rna", z_rna, library_rna), ("atac", z_atac, library_atac)):
             if channel not in modalities:
                 continue
-            if z_single is None or log_gamma is not None:
+            if z_single is None:
                 outputs[f"px_{channel}"] = self._decode(channel, z, gate, library, covariates)[0]
             else:  # pretraining: the single-modality latent decodes with the same neutral gate
                 px, px_single = self._decode(channel, (z, z_single), (gate, gate), library, covariates)
@@ -564,13 +558,8 @@ class SCMVPModule(BaseModuleClass):
 
         On mosaics they cover the paired cells only: a single-modality cell's own posterior is already ``qz``.
         """
-        px_rna, px_atac = generative_outputs.get("px_rna_single"), generative_outputs.get("px_atac_single")
-        if px_rna is None or px_atac is None:  # generative outputs made without the single-modality latents
-            covariates = self._covariates(tensors[REGISTRY_KEYS.BATCH_KEY], tensors.get(REGISTRY_KEYS.CAT_COVS_KEY))
-            z_rna, z_atac = inference_outputs["z_rna"], inference_outputs["z_atac"]
-            gate = self.decoder.gate(None, z_rna.shape[0])
-            px_rna = self._decode_rna(z_rna, gate, inference_outputs["library_rna"], covariates)
-            px_atac = self._decode_atac(z_atac, gate, inference_outputs["library_atac"], covariates)
+        # decoded by ``generative``, beside the joint latent
+        px_rna, px_atac = generative_outputs["px_rna_single"], generative_outputs["px_atac_single"]
         nll_rna_single = _only(self._nll(tensors[REGISTRY_KEYS.X_KEY], px_rna), paired)
         nll_atac_single = _only(self._nll(tensors[REGISTRY_KEYS.ATAC_X_KEY], px_atac), paired)
         kl_prior = _kl_standard_normal(inference_outputs["qz"])
@@ -622,15 +611,12 @@ class SCMVPModule(BaseModuleClass):
     def _single_modality_terms(self, tensors, inference_outputs, covariates, paired=None):
         """RNA-only and ATAC-only VAEs under the (fixed in these terms) mixture prior, each decoding its modality."""
         total, kl, extra = 0.0, 0.0, {}
-        for modality, x_key, decode in (
-            ("rna", REGISTRY_KEYS.X_KEY, self._decode_rna),
-            ("atac", REGISTRY_KEYS.ATAC_X_KEY, self._decode_atac),
-        ):
+        for modality, x_key in (("rna", REGISTRY_KEYS.X_KEY), ("atac", REGISTRY_KEYS.ATAC_X_KEY)):
             q, z = inference_outputs[f"qz_{modality}"], inference_outputs[f"z_{modality}"]
             # the mixture is shaped by the joint posteriors only; the single-modality ones are fitted to it
             log_gamma = self.prior.log_responsibilities(z, detach=True)
             gate = self.decoder.gate(log_gamma.exp(), z.shape[0])
-            params = decode(z, gate, inference_outputs[f"library_{modality}"], covariates)
+            params = self._decode(modality, z, gate, inference_outputs[f"library_{modality}"], covariates)[0]
             nll = _only(self._nll(tensors[x_key], params), paired)
             total = total + self.weights[modality] * nll
             kl = kl + _only(self.prior.kl_divergence(q, log_gamma, detach=True), paired)
@@ -644,14 +630,12 @@ class SCMVPModule(BaseModuleClass):
         """
         covariates = self._covariates(tensors[REGISTRY_KEYS.BATCH_KEY], tensors.get(REGISTRY_KEYS.CAT_COVS_KEY))
         total, extra = 0.0, {}
-        for source, target, x_key, decode in (
-            ("rna", "atac", REGISTRY_KEYS.ATAC_X_KEY, self._decode_atac),
-            ("atac", "rna", REGISTRY_KEYS.X_KEY, self._decode_rna),
-        ):
+        for source, target, x_key in (("rna", "atac", REGISTRY_KEYS.ATAC_X_KEY), ("atac", "rna", REGISTRY_KEYS.X_KEY)):
             z = inference_outputs[f"z_{source}"]
             mixture = bool(self.gmm_initialized)
             gamma = self.prior.log_responsibilities(z, detach=True).exp() if mixture else None
-            px = decode(z, self.decoder.gate(gamma, z.shape[0]), inference_outputs[f"library_{target}"], covariates)
+            gate = self.decoder.gate(gamma, z.shape[0])
+            px = self._decode(target, z, gate, inference_outputs[f"library_{target}"], covariates)[0]
             nll = _only(self._nll(tensors[x_key], px), paired)
             total = total + self.weights[target] * nll
             extra[f"nll_{target}_from_{source}"] = nll
