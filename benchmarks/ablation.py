@@ -66,8 +66,19 @@ BALANCED_MODEL = {
     "balance_target": "uniform",
     "atac_likelihood": "zip",
 }
-BALANCED_TRAIN = {"n_epochs_kl_warmup": 0, "n_epochs_cluster_warmup": HALF, "gmm_variance": "posterior"}
-ORIGINAL_SWITCH = {"n_epochs_kl_warmup": HALF, "n_epochs_cluster_warmup": 0, "gmm_variance": "means"}
+# K from Leiden at resolution 1.0, the original's and the package default before 0.4
+BALANCED_TRAIN = {
+    "n_epochs_kl_warmup": 0,
+    "n_epochs_cluster_warmup": HALF,
+    "gmm_variance": "posterior",
+    "leiden_resolution": 1.0,
+}
+ORIGINAL_SWITCH = {
+    "n_epochs_kl_warmup": HALF,
+    "n_epochs_cluster_warmup": 0,
+    "gmm_variance": "means",
+    "leiden_resolution": 1.0,
+}
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "reference": (
         "the original scMVP recipe: log1p-count inputs, weights RNA 3.0 / ATAC 0.1, a balance term that favours "
@@ -154,8 +165,8 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
         {**BALANCED_TRAIN, "batch_size": 128},
     ),
     "balanced_prior_balance_poisson": (
-        "the package defaults on paired data: balanced_prior_balance, but a Poisson likelihood for ATAC instead "
-        "of the zero-inflated Poisson (no zero-inflation head: half the decoder's peak outputs)",
+        "the package defaults on paired data of 0.3: balanced_prior_balance, but a Poisson likelihood for ATAC "
+        "instead of the zero-inflated Poisson (no zero-inflation head: half the decoder's peak outputs)",
         {**BALANCED_MODEL, "balance_target": "prior", "atac_likelihood": "poisson"},
         BALANCED_TRAIN,
     ),
@@ -163,6 +174,17 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
         "balanced_prior_balance_poisson, but 10 pretraining + 10 joint epochs",
         {**BALANCED_MODEL, "balance_target": "prior", "atac_likelihood": "poisson"},
         {**BALANCED_TRAIN, EPOCHS: 10},
+    ),
+    "balanced_prior_balance_poisson_resolution_05": (
+        "the package defaults on paired data from 0.4: balanced_prior_balance_poisson, but K from Leiden clusters "
+        "at resolution 0.5 instead of 1.0",
+        {**BALANCED_MODEL, "balance_target": "prior", "atac_likelihood": "poisson"},
+        {**BALANCED_TRAIN, "leiden_resolution": 0.5},
+    ),
+    "balanced_prior_balance_poisson_resolution_07": (
+        "balanced_prior_balance_poisson, but K from Leiden clusters at resolution 0.7 instead of 1.0",
+        {**BALANCED_MODEL, "balance_target": "prior", "atac_likelihood": "poisson"},
+        {**BALANCED_TRAIN, "leiden_resolution": 0.7},
     ),
     "balanced_no_cycle": (
         "balanced, without the cycle KL (cycle_kl_weight 0)",
@@ -225,8 +247,18 @@ JOINT_OPTIONS = {
 }
 
 
-def _pretraining_options(variant: str) -> dict:
-    return {k: v for k, v in VARIANTS[variant][1].items() if k not in JOINT_OPTIONS}
+# SCMVP.train options of the mixture initialisation (-> SCMVP.initialize_gmm argument) and of joint training only
+MIXTURE_OPTIONS = {"leiden_resolution": "resolution", "gmm_variance": "variance", "gmm_max_cells": "max_cells"}
+JOINT_TRAIN_OPTIONS = {"n_epochs_kl_warmup", "n_epochs_cluster_warmup", *MIXTURE_OPTIONS}
+
+
+def _pretraining_options(variant: str) -> tuple[dict, dict]:
+    """The model and training options that shape pretraining (two variants that share them pretrain alike)."""
+    _, model_kwargs, train_kwargs = VARIANTS[variant]
+    return (
+        {k: v for k, v in model_kwargs.items() if k not in JOINT_OPTIONS},
+        {k: v for k, v in train_kwargs.items() if k not in JOINT_TRAIN_OPTIONS},
+    )
 
 
 def _pretrained_source(variant: str, seed: int, args: argparse.Namespace) -> str | None:
@@ -253,6 +285,17 @@ def _set_joint_options(model, model_kwargs: dict) -> None:
         for params in model.init_params_.values():
             if name in params:
                 params[name] = model_kwargs[name]
+
+
+def _initialise_mixture(model, model_kwargs: dict, train_kwargs: dict) -> None:
+    """Initialise a loaded pretrained model's mixture prior again, with this variant's options.
+
+    The saved model holds the mixture of the variant that saved it; the initialisation is deterministic, so with
+    the same options this reproduces it.
+    """
+    model.init_params_["non_kwargs"]["n_centroids"] = model_kwargs.get("n_centroids")
+    options = {MIXTURE_OPTIONS[k]: v for k, v in train_kwargs.items() if k in MIXTURE_OPTIONS}
+    model.initialize_gmm(batch_size=max(train_kwargs.get("batch_size", 64), 256), **options)
 
 
 def _pretrain_seconds(source: str, seed: int, args: argparse.Namespace) -> float:
@@ -287,13 +330,27 @@ def _pretrained_imputation(model, mdata, masks) -> dict[str, float]:
         model.module.gmm_initialized.fill_(True)
 
 
+def _mixture_report(model, labels: np.ndarray, fine_labels: np.ndarray | None) -> dict:
+    """Scores of the mixture clusters against the labels (and the finer labels, if any), and their sizes."""
+    from scmvp_scvi.metrics import agreement
+
+    clusters = model.get_cluster_assignments(key_added=None)
+    sizes = np.bincount(clusters, minlength=model.n_centroids)
+    return {
+        **agreement(labels, clusters),
+        **(agreement(fine_labels, clusters, "fine_") if fine_labels is not None else {}),
+        "n_components": int(model.n_centroids),
+        "n_used": int((sizes > 0).sum()),
+        "smallest_used": int(sizes[sizes > 0].min()),
+    }
+
+
 def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
     """Train one variant with one seed and score it after each phase."""
     import scvi
 
     import scmvp_scvi
     from scmvp_scvi._model import default_epochs
-    from scmvp_scvi.metrics import agreement
 
     _, model_kwargs, train_kwargs = VARIANTS[variant]
     train_kwargs = dict(train_kwargs)
@@ -301,6 +358,8 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
     scvi.settings.seed = seed
     mdata, train, masks = _data(args, seed)
     labels = mdata.obs[args.label_key].astype(str).to_numpy()
+    fine = args.fine_label_key
+    fine_labels = mdata.obs[fine].astype(str).to_numpy() if fine in mdata.obs else None
     epochs = variant_epochs or args.epochs or default_epochs(mdata.n_obs)
     common = {"accelerator": "cpu", "enable_progress_bar": False, **_resolve(train_kwargs, epochs)}
 
@@ -314,9 +373,11 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
     else:  # the same pretraining, run by another variant: only the joint-phase options differ
         model = scmvp_scvi.SCMVP.load(args.from_pretrained / f"{source}_seed{seed}_pretrained", adata=train)
         _set_joint_options(model, model_kwargs)
+        _initialise_mixture(model, model_kwargs, train_kwargs)
         pretrain_seconds = _pretrain_seconds(source, seed, args)
     load = [os.getloadavg()[0]]  # a load well above the torch threads means another job shared the cores
     pretrained = _latent_report(model, labels, seed)
+    pretrained["mixture"] = _mixture_report(model, labels, fine_labels)  # the components just initialised
     pretrained_imputation = _pretrained_imputation(model, mdata, masks)
     if args.save_models:
         model.save(args.save_models / f"{variant}_seed{seed}_pretrained", overwrite=True)
@@ -328,14 +389,7 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
     if args.save_models:
         model.save(args.save_models / f"{variant}_seed{seed}_final", overwrite=True)
 
-    clusters = model.get_cluster_assignments(key_added=None)
-    sizes = np.bincount(clusters, minlength=model.n_centroids)
-    final["mixture"] = {
-        **agreement(labels, clusters),
-        "n_components": int(model.n_centroids),
-        "n_used": int((sizes > 0).sum()),
-        "smallest_used": int(sizes[sizes > 0].min()),
-    }
+    final["mixture"] = _mixture_report(model, labels, fine_labels)
     imputation = _imputation(model, mdata, masks)
     return {
         "variant": variant,
@@ -421,6 +475,8 @@ ROWS = [
     ("Joint latent after joint training: Leiden ARI / NMI", ("final.joint.leiden_ari", "final.joint.leiden_nmi")),
     ("Joint latent after joint training: KMeans ARI / NMI", ("final.joint.kmeans_ari", "final.joint.kmeans_nmi")),
     ("Mixture clusters: ARI / NMI", ("final.mixture.ari", "final.mixture.nmi")),
+    ("Mixture clusters at the switch: ARI / NMI", ("pretrained.mixture.ari", "pretrained.mixture.nmi")),
+    ("Mixture clusters, finer labels: ARI / NMI", ("final.mixture.fine_ari", "final.mixture.fine_nmi")),
     ("Mixture components used / K", ("final.mixture.n_used", "final.mixture.n_components")),
     ("Smallest mixture cluster (cells)", ("final.mixture.smallest_used",)),
     ("RNA-only latent: Leiden ARI / NMI", ("final.rna.leiden_ari", "final.rna.leiden_nmi")),
@@ -651,6 +707,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--label-key", default="cell_type")
+    parser.add_argument(
+        "--fine-label-key", default="cell_type_fine", help="finer labels the mixture clusters are also scored on"
+    )
     parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, "baselines", "multivi"], default=DEFAULT_VARIANTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="epochs per phase (default: the model's recipe)")

@@ -106,13 +106,17 @@ def pretrained_model(args: argparse.Namespace, method: str, mosaic, train_kwargs
     """The method's model after pretraining and the mixture initialisation on this seed's mosaic.
 
     Loaded from ``args.models``, or trained and saved there: pretraining does not depend on joint-training options,
-    so runs that differ only in those share it.
+    so runs that differ only in those share it. A loaded model's mixture is initialised again with the current
+    defaults (deterministic: the same as the saved one when they have not changed).
     """
     import scmvp_scvi
 
     path = pretrained_path(args, method)
     if path.exists():
-        return scmvp_scvi.SCMVP.load(path, adata=mosaic)
+        model = scmvp_scvi.SCMVP.load(path, adata=mosaic)
+        model.init_params_["non_kwargs"]["n_centroids"] = SCMVP_MODELS[method].get("n_centroids")
+        model.initialize_gmm(batch_size=256)
+        return model
     model = scmvp_scvi.SCMVP(mosaic, **SCMVP_MODELS[method])
     model.train(**{**train_kwargs, "max_epochs": 0}, accelerator="cpu", enable_progress_bar=False)
     model.save(path, overwrite=True)

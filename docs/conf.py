@@ -37,6 +37,7 @@ exclude_patterns = [
     "ablation_table.md",
     "ablation_fusion_table.md",
     "ablation_timing_table.md",
+    "ablation_resolution_table.md",
     "screen_table.md",
     "markers_table.md",
     "scaling_table.md",

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import NoReturn
 
+from ._gmm_init import LEIDEN_RESOLUTION
 from ._likelihoods import ATAC_LIKELIHOODS, RNA_LIKELIHOODS
 
 
@@ -70,6 +71,13 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-epochs", type=int, default=None, help="joint-training epochs (default: by data size)")
     group.add_argument("--pretrain-epochs", type=int, default=None, help="pretraining epochs (default: by data size)")
     group.add_argument("--n-centroids", type=int, default=None, help="mixture components K (default: Leiden clusters)")
+    group.add_argument(
+        "--leiden-resolution",
+        type=float,
+        default=LEIDEN_RESOLUTION,
+        help="Leiden resolution that sets K when --n-centroids is not given; higher gives more components "
+        "(default: %(default)s)",
+    )
     group.add_argument("--n-latent", type=int, default=20, help="latent dimension (default: %(default)s)")
     group.add_argument("--rna-likelihood", choices=RNA_LIKELIHOODS, default="nb", help="default: %(default)s")
     group.add_argument(
@@ -180,6 +188,7 @@ def _run(mdata, args, modalities: dict[str, str], label_key: str | None, batch_k
         model.train(
             max_epochs=args.max_epochs,
             pretrain_epochs=args.pretrain_epochs,
+            leiden_resolution=args.leiden_resolution,
             accelerator=args.accelerator,
             enable_progress_bar=not args.quiet,
         )

@@ -12,8 +12,13 @@ from sklearn.cluster import KMeans
 
 logger = logging.getLogger(__name__)
 
+# Leiden resolution whose clusters set K; the original's 1.0 splits the large populations into several components
+LEIDEN_RESOLUTION = 0.5
 
-def leiden_labels(latent: np.ndarray, resolution: float = 1.0, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
+
+def leiden_labels(
+    latent: np.ndarray, resolution: float = LEIDEN_RESOLUTION, n_neighbors: int = 15, seed: int = 0
+) -> np.ndarray:
     """Leiden clusters of the kNN graph of ``latent`` (scanpy), as integer labels."""
     adata = AnnData(np.asarray(latent, dtype=np.float32))
     # the sklearn transformer avoids a scipy>=1.18 failure of the default above 8,192 cells

@@ -4,7 +4,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from scipy import sparse
-from scvi import REGISTRY_KEYS
+from scvi import REGISTRY_KEYS, settings
 from sklearn.metrics import adjusted_rand_score
 
 import scmvp_scvi
@@ -248,6 +248,27 @@ def test_train_rejects_unknown_mixture_variance(small_mdata):
     model = SCMVP(small_mdata)
     with pytest.raises(ValueError, match="gmm_variance must be one of"):
         model.train(max_epochs=1, pretrain_epochs=1, gmm_variance="spread", **FAST_TRAIN)
+
+
+@pytest.mark.parametrize("resolution", [0, -1.0, float("nan"), "0.5", None])
+def test_train_rejects_a_bad_leiden_resolution_before_training(small_mdata, resolution):
+    SCMVP.setup_mudata(small_mdata)
+    model = SCMVP(small_mdata)
+    with pytest.raises(ValueError, match="leiden_resolution must be a positive number"):
+        model.train(max_epochs=1, pretrain_epochs=1, leiden_resolution=resolution, **FAST_TRAIN)
+    assert not model.is_trained_ and model.history_ is None
+
+
+def test_leiden_resolution_sets_the_number_of_components(small_mdata):
+    SCMVP.setup_mudata(small_mdata)
+    components = {}
+    for resolution in (0.1, 3.0):
+        settings.seed = 0
+        model = SCMVP(small_mdata)
+        model.train(max_epochs=0, pretrain_epochs=2, leiden_resolution=resolution, **FAST_TRAIN)
+        components[resolution] = model.module.prior.n_components
+        assert model.n_centroids == components[resolution]
+    assert components[0.1] < components[3.0]
 
 
 def test_model_rejects_bad_arguments(small_mdata):
