@@ -287,15 +287,22 @@ def _set_joint_options(model, model_kwargs: dict) -> None:
                 params[name] = model_kwargs[name]
 
 
-def _initialise_mixture(model, model_kwargs: dict, train_kwargs: dict) -> None:
-    """Initialise a loaded pretrained model's mixture prior again, with this variant's options.
+def reinitialise_mixture(model, n_centroids: int | None, **options) -> None:
+    """Initialise a loaded pretrained model's mixture prior again (``SCMVP.initialize_gmm`` ``options``).
 
-    The saved model holds the mixture of the variant that saved it; the initialisation is deterministic, so with
-    the same options this reproduces it.
+    A saved model holds the mixture of the run that saved it, and its K resolved; ``n_centroids`` is that of the
+    model's options again (``None``: K from Leiden). The initialisation is deterministic, so with the same options
+    this reproduces the saved mixture.
     """
-    model.init_params_["non_kwargs"]["n_centroids"] = model_kwargs.get("n_centroids")
+    model.init_params_["non_kwargs"]["n_centroids"] = n_centroids
+    model.initialize_gmm(**options)
+
+
+def _initialise_mixture(model, model_kwargs: dict, train_kwargs: dict) -> None:
+    """Initialise a loaded pretrained model's mixture prior again, with this variant's options."""
     options = {MIXTURE_OPTIONS[k]: v for k, v in train_kwargs.items() if k in MIXTURE_OPTIONS}
-    model.initialize_gmm(batch_size=max(train_kwargs.get("batch_size", 64), 256), **options)
+    batch_size = max(train_kwargs.get("batch_size", 64), 256)
+    reinitialise_mixture(model, model_kwargs.get("n_centroids"), batch_size=batch_size, **options)
 
 
 def _pretrain_seconds(source: str, seed: int, args: argparse.Namespace) -> float:
@@ -405,6 +412,27 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict:
         "final": final,
         "imputation": imputation,
     }
+
+
+def rescore_mixture(variant: str, seed: int, args: argparse.Namespace) -> None:
+    """Score the mixture of a run's saved models (``--save-models``) again, into its result file.
+
+    For results written before the mixture was scored at the switch and against the finer labels.
+    """
+    import scmvp_scvi
+
+    path = args.results / f"{args.name}_{variant}_seed{seed}.json"
+    result = json.loads(path.read_text())
+    mdata, train, _ = _data(args, seed)
+    labels = mdata.obs[args.label_key].astype(str).to_numpy()
+    fine = args.fine_label_key
+    fine_labels = mdata.obs[fine].astype(str).to_numpy() if fine in mdata.obs else None
+    scmvp_scvi.SCMVP.setup_mudata(train)
+    for phase in ("pretrained", "final"):
+        model = scmvp_scvi.SCMVP.load(args.rescore_mixture / f"{variant}_seed{seed}_{phase}", adata=train)
+        result[phase]["mixture"] = _mixture_report(model, labels, fine_labels)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"rescored {path}", flush=True)
 
 
 def run_baselines(seed: int, args: argparse.Namespace) -> dict:
@@ -728,6 +756,14 @@ def main() -> None:
         help="a --save-models folder: a variant whose pretraining another variant already saved there (same "
         "options but for the joint-training ones) starts joint training from that model",
     )
+    parser.add_argument(
+        "--rescore-mixture",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a --save-models folder: score the mixture of the saved models of --variants and --seeds again "
+        "(at the switch and after joint training, finer labels included) into their result files; no training",
+    )
     parser.add_argument("--run", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.name = args.name or args.data.stem
@@ -742,7 +778,11 @@ def main() -> None:
         print(f"wrote {path}", flush=True)
         return
 
-    if not args.table_only:
+    if args.rescore_mixture is not None:
+        for seed in args.seeds:
+            for variant in args.variants:
+                rescore_mixture(variant, seed, args)
+    elif not args.table_only:
         for seed in args.seeds:
             for variant in args.variants:
                 print(f"== {variant}, seed {seed}", flush=True)

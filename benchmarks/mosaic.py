@@ -50,7 +50,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from ablation import _mean_sd  # noqa: E402
+from ablation import _mean_sd, reinitialise_mixture  # noqa: E402
 from compare import DEFAULT_DATA, atac_lsi, epoch_timer, peak_rss_gb, read_data, rna_pca  # noqa: E402
 
 ROOT = HERE.parent
@@ -114,8 +114,7 @@ def pretrained_model(args: argparse.Namespace, method: str, mosaic, train_kwargs
     path = pretrained_path(args, method)
     if path.exists():
         model = scmvp_scvi.SCMVP.load(path, adata=mosaic)
-        model.init_params_["non_kwargs"]["n_centroids"] = SCMVP_MODELS[method].get("n_centroids")
-        model.initialize_gmm(batch_size=256)
+        reinitialise_mixture(model, SCMVP_MODELS[method].get("n_centroids"), batch_size=256)
         return model
     model = scmvp_scvi.SCMVP(mosaic, **SCMVP_MODELS[method])
     model.train(**{**train_kwargs, "max_epochs": 0}, accelerator="cpu", enable_progress_bar=False)
