@@ -140,7 +140,13 @@ def run_scmvp(
         train_kwargs["pretrain_epochs"] = 0
     model.train(**train_kwargs, accelerator="cpu", enable_progress_bar=False)
     # epochs of both phases, a loaded pretraining's included
-    info = {"train_seconds": time.perf_counter() - start, **info, "epochs": len(model.history["training_phase"])}
+    info = {
+        "train_seconds": time.perf_counter() - start,
+        **info,
+        "epochs": len(model.history["training_phase"]),
+        "scmvp_scvi": scmvp_scvi.__version__,
+        "n_components": model.n_centroids,
+    }
     return info, *scmvp_outputs(model, kinds)
 
 
