@@ -294,8 +294,9 @@ def reinitialise_mixture(model, n_centroids: int | None, **options) -> None:
     model's options again (``None``: K from Leiden). The initialisation is deterministic, so with the same options
     this reproduces the saved mixture.
     """
-    model.init_params_["non_kwargs"]["n_centroids"] = n_centroids
-    model.initialize_gmm(**options)
+    if n_centroids is not None:  # as in training, a fixed K ignores the Leiden resolution
+        options.pop("resolution", None)
+    model.initialize_gmm(n_centroids="leiden" if n_centroids is None else n_centroids, **options)
 
 
 def _initialise_mixture(model, model_kwargs: dict, train_kwargs: dict) -> None:

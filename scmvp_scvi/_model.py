@@ -9,6 +9,7 @@ import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -83,6 +84,14 @@ def _check_resolution(resolution: float, argument: str) -> None:
         raise ValueError(
             f"{argument} must be a positive number (Leiden resolution; higher gives more mixture components), "
             f"got {resolution!r}."
+        )
+
+
+def _check_n_centroids(n_centroids: int, n_obs: int) -> None:
+    """Reject a number of mixture components that is not an integer between 1 and the number of cells."""
+    if isinstance(n_centroids, bool) or not (isinstance(n_centroids, int | np.integer) and 1 <= n_centroids <= n_obs):
+        raise ValueError(
+            f"n_centroids must be an integer between 1 and the number of cells ({n_obs}), got {n_centroids!r}."
         )
 
 
@@ -205,11 +214,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         **module_kwargs,
     ):
         super().__init__(mdata)
-        n_obs = self.summary_stats.n_cells
-        if n_centroids is not None and not (isinstance(n_centroids, int | np.integer) and 1 <= n_centroids <= n_obs):
-            raise ValueError(
-                f"n_centroids must be an integer between 1 and the number of cells ({n_obs}), got {n_centroids!r}."
-            )
+        if n_centroids is not None:
+            _check_n_centroids(n_centroids, self.summary_stats.n_cells)
         for name, value in (("n_latent", n_latent), ("n_hidden", n_hidden), ("n_heads", n_heads)):
             if not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -519,7 +525,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         if gmm_variance not in GMM_VARIANCES:
             raise ValueError(f"gmm_variance must be one of {GMM_VARIANCES}, got {gmm_variance!r}.")
         _check_resolution(leiden_resolution, "leiden_resolution")
-        self._check_gmm_max_cells(gmm_max_cells, "gmm_max_cells")
+        self._check_gmm_max_cells(gmm_max_cells, self.init_params_["non_kwargs"]["n_centroids"], "gmm_max_cells")
         pretrained_now = switched_now = False
         if not bool(self.module.gmm_initialized):
             pretrained_now, switched_now = pretrain_epochs > 0, True
@@ -529,7 +535,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
                     "pretraining", max_epochs=pretrain_epochs, plan_kwargs=plan(pretrain_epochs), **common
                 )
             self.initialize_gmm(
-                resolution=leiden_resolution,
+                resolution=leiden_resolution if self.init_params_["non_kwargs"]["n_centroids"] is None else None,
                 batch_size=max(batch_size, 256),
                 variance=gmm_variance,
                 max_cells=gmm_max_cells,
@@ -570,20 +576,22 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
     @torch.no_grad()  # not inference_mode: new parameters created here must be trainable
     def initialize_gmm(
         self,
-        resolution: float = LEIDEN_RESOLUTION,
+        resolution: float | None = None,
         batch_size: int | None = None,
         variance: str = "posterior",
         max_cells: int | None = 50_000,
+        n_centroids: int | Literal["leiden"] | None = None,
     ) -> np.ndarray:
         """Initialise the mixture prior from clusters of the current joint latent of all cells.
 
-        Called by :meth:`train` after pretraining. ``K`` is the number of Leiden clusters when ``n_centroids``
-        was ``None`` (and is then saved with the model), else KMeans with ``n_centroids`` clusters is used.
+        Called by :meth:`train` after pretraining; call it again to start joint training from another mixture
+        (e.g. another ``K``), then :meth:`train` continues from it. ``K`` is saved with the model.
 
         Parameters
         ----------
         resolution
-            Leiden resolution (see ``leiden_resolution`` in :meth:`train`).
+            Resolution of the Leiden clustering that sets ``K`` (see ``leiden_resolution`` in :meth:`train`);
+            ``None`` means 0.5. Only for a ``K`` from Leiden.
         batch_size
             Minibatch size for encoding the cells.
         variance
@@ -592,6 +600,11 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         max_cells
             Cluster at most this many randomly chosen cells (all when ``None``); every other cell joins the
             cluster under which its latent is most likely, and the components are then computed from all cells.
+        n_centroids
+            How ``K`` is chosen. An integer: KMeans with that many clusters. ``"leiden"``: the number of Leiden
+            clusters at ``resolution``. ``None`` (default): the model's own setting, that is its ``n_centroids``
+            before the first initialisation (Leiden when that was ``None``) and its current ``K`` afterwards (KMeans
+            with ``K`` clusters), unless a ``resolution`` is given, which asks for Leiden.
 
         Returns
         -------
@@ -599,14 +612,25 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         """
         if variance not in GMM_VARIANCES:
             raise ValueError(f"variance must be one of {GMM_VARIANCES}, got {variance!r}.")
-        _check_resolution(resolution, "resolution")
-        self._check_gmm_max_cells(max_cells, "max_cells")
-        # the user's n_centroids until the first initialisation, the resolved K afterwards
-        n_centroids = self.init_params_["non_kwargs"]["n_centroids"]
         if n_centroids is None:
+            # the user's n_centroids until the first initialisation, the resolved K afterwards
+            n_centroids = "leiden" if resolution is not None else self.init_params_["non_kwargs"]["n_centroids"]
+        if isinstance(n_centroids, str) and n_centroids != "leiden":
+            raise ValueError(f'n_centroids must be an integer, "leiden" or None, got {n_centroids!r}.')
+        if n_centroids is None or n_centroids == "leiden":
+            resolution = LEIDEN_RESOLUTION if resolution is None else resolution
+            _check_resolution(resolution, "resolution")
+            n_centroids = None
             cluster = functools.partial(leiden_labels, resolution=resolution, seed=settings.seed)
         else:
-            cluster = functools.partial(kmeans_labels, n_clusters=n_centroids, seed=settings.seed)
+            _check_n_centroids(n_centroids, self.adata.n_obs)
+            if resolution is not None:
+                raise ValueError(
+                    f"resolution ({resolution!r}) sets K through Leiden clusters, and n_centroids ({n_centroids}) "
+                    "asks for KMeans with a fixed K: pass only one of them."
+                )
+            cluster = functools.partial(kmeans_labels, n_clusters=int(n_centroids), seed=settings.seed)
+        self._check_gmm_max_cells(max_cells, n_centroids, "max_cells")
 
         def clusters_and_components() -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
             outputs = {"mean": (self.module.n_latent, lambda inf, gen: inf["qz"].loc)}
@@ -628,10 +652,10 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         self._update_summary()
         return labels
 
-    def _check_gmm_max_cells(self, max_cells: int | None, argument: str) -> None:
+    @staticmethod
+    def _check_gmm_max_cells(max_cells: int | None, n_centroids: int | None, argument: str) -> None:
         if max_cells is not None and (not isinstance(max_cells, int | np.integer) or max_cells < 2):
             raise ValueError(f"{argument} must be an integer of at least 2 or None, got {max_cells!r}.")
-        n_centroids = self.init_params_["non_kwargs"]["n_centroids"]
         if n_centroids is not None and max_cells is not None and max_cells < n_centroids:
             raise ValueError(
                 f"{argument} ({max_cells}) must be at least the number of mixture components ({n_centroids})."

@@ -271,6 +271,40 @@ def test_leiden_resolution_sets_the_number_of_components(small_mdata):
     assert components[0.1] < components[3.0]
 
 
+def test_initialize_gmm_chooses_k_as_asked(small_mdata, tmp_path):
+    """A fixed K, K from Leiden, or the model's current K; bad requests are refused and change nothing."""
+    SCMVP.setup_mudata(small_mdata)
+    settings.seed = 0
+    model = SCMVP(small_mdata)
+    model.train(max_epochs=0, pretrain_epochs=3, **FAST_TRAIN)
+    labels = model.initialize_gmm(n_centroids=4)
+    assert model.n_centroids == 4 and len(np.unique(labels)) == 4
+    # no argument keeps the current K; the three synthetic cell types are still found
+    labels = model.initialize_gmm()
+    assert model.n_centroids == 4
+    assert adjusted_rand_score(small_mdata.obs["cell_type"], labels) > 0.5
+    # a resolution asks for Leiden, as does "leiden"; a low resolution merges the four components
+    leiden = model.initialize_gmm(resolution=0.1)
+    assert model.n_centroids == len(np.unique(leiden)) < 4
+    assert np.array_equal(model.initialize_gmm(n_centroids="leiden", resolution=0.1), leiden)
+    means = model.module.prior.means.detach().clone()
+    for kwargs, message in (
+        ({"n_centroids": 0}, "n_centroids must be an integer between 1"),
+        ({"n_centroids": True}, "n_centroids must be an integer between 1"),
+        ({"n_centroids": "kmeans"}, 'n_centroids must be an integer, "leiden" or None'),
+        ({"n_centroids": 3, "resolution": 1.0}, "pass only one of them"),
+        ({"resolution": -1.0}, "resolution must be a positive number"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            model.initialize_gmm(**kwargs)
+        torch.testing.assert_close(model.module.prior.means, means)
+    # joint training continues from the chosen mixture, and K survives a round trip
+    model.initialize_gmm(n_centroids=5)
+    model.train(max_epochs=1, **FAST_TRAIN)
+    model.save(tmp_path / "model")
+    assert SCMVP.load(tmp_path / "model", adata=small_mdata).n_centroids == 5
+
+
 def test_model_rejects_bad_arguments(small_mdata):
     SCMVP.setup_mudata(small_mdata)
     with pytest.raises(ValueError, match="divisible"):
