@@ -11,7 +11,8 @@ minibatch size beside them, and the first layer of an ATAC encoder alone, fed a 
 several densities, shows whether a sparse product would pay (it does not on the CPU: the ATAC encoders take the
 dense minibatch). The minibatches are loaded before timing, so data loading is not counted; the optimiser is the
 one scvi-tools' ``TrainingPlan`` builds for training. The models take turns, one step each, after a few untimed
-warm-up steps, so that the ratios of their times hold on a machine whose speed drifts. Writes
+warm-up steps, so that the ratios of their times hold on a machine whose speed drifts. Further steps of each
+model then time the matrix products of its layers as wide as the peaks, to show how much of a step they take. Writes
 ``benchmarks/results/training_step_<data>.json`` and the table ``docs/training_step.md``; a run on another
 minibatch size writes ``training_step_<data>_batch<k>.json`` and prints its table, leaving the docs page to the
 default run (unless ``--table`` names a file).
@@ -62,6 +63,68 @@ def time_steps(participants: dict, n_steps: int) -> dict:
         result = {key: round(float(np.median(values)), 1) for key, values in parts.items()}
         result["step_ms"] = round(sum(result.values()), 1)
         results[label] = result
+    return results
+
+
+def time_peak_layers(participants: dict, n_peaks: int, n_steps: int = 10) -> dict:
+    """Milliseconds per step spent in the matrix products of the layers as wide as the peaks, per participant.
+
+    For ``n_steps`` extra steps of each participant (after the timed ones, so that those are not disturbed), every
+    linear layer with ``n_peaks`` inputs (covariates included) or outputs runs through a function that computes
+    the same products and times them: the forward product, and in the backward pass the weight gradient and,
+    where autograd needs it, the input gradient. The rest of the step is everything else.
+    """
+    import torch
+
+    spent: dict[str, float] = {}
+
+    class TimedLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias):
+            ctx.save_for_backward(x, weight)
+            ctx.has_bias = bias is not None
+            start = time.perf_counter()
+            y = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
+            spent["forward_ms"] += time.perf_counter() - start
+            spent["calls"] += 1
+            return y
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, weight = ctx.saved_tensors
+            start = time.perf_counter()
+            grad_weight = grad.t() @ x
+            grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+            spent["backward_ms"] += time.perf_counter() - start
+            return grad_x, grad_weight, grad.sum(0) if ctx.has_bias else None
+
+    results = {}
+    for label, (module, optimizer, batches) in participants.items():
+        layers = [
+            layer
+            for layer in module.modules()
+            if isinstance(layer, torch.nn.Linear) and (layer.in_features >= n_peaks or layer.out_features == n_peaks)
+        ]
+        for layer in layers:
+            layer.forward = lambda x, layer=layer: TimedLinear.apply(x, layer.weight, layer.bias)
+        module.train()
+        samples = []
+        for batch in batches[:n_steps]:
+            spent.update(forward_ms=0.0, backward_ms=0.0, calls=0)
+            start = time.perf_counter()
+            _, _, losses = module(batch)
+            optimizer.zero_grad()
+            losses.loss.backward()
+            optimizer.step()
+            samples.append({**spent, "step_ms": time.perf_counter() - start})
+        for layer in layers:
+            del layer.forward  # back to the class's own
+        median = {key: float(np.median([s[key] for s in samples])) for key in ("forward_ms", "backward_ms", "step_ms")}
+        results[label] = {
+            "layers": len(layers),
+            "calls": samples[-1]["calls"],
+            **{key: round(value * 1e3, 1) for key, value in median.items()},
+        }
     return results
 
 
@@ -167,6 +230,11 @@ def main() -> None:
         for phase in ("pretraining", "joint"):
             result["scmvp"][likelihood][phase] = timings[(likelihood, phase)]
     result["multivi"] = timings["multivi"]
+    peak_layers = time_peak_layers(participants, mdata["atac"].n_vars)
+    result["peak_layers"] = {
+        f"SCMVP {key[1]}, ATAC {key[0]}" if isinstance(key, tuple) else "MULTIVI": value
+        for key, value in peak_layers.items()
+    }
     densities = sorted({round(density, 4), 0.01, 0.02, 0.05, 0.1, 0.2})  # that of the data, then denser
     result["first_layer"] = time_first_layer(args.batch_size, mdata["atac"].n_vars, model.module.n_hidden, densities)
 
@@ -203,6 +271,11 @@ def render_table(result: dict, command: str) -> str:
     layer_rows = "\n".join(
         f"| {row['density']:.2%} | {row['dense_ms']} | {row['sparse_ms']} |" for row in result["first_layer"]
     )
+    peak_rows = "\n".join(
+        f"| {label} | {row['layers']} / {row['calls']} | {row['forward_ms']} | {row['backward_ms']} | "
+        f"{row['step_ms']} | {(row['forward_ms'] + row['backward_ms']) / row['step_ms']:.0%} |"
+        for label, row in result.get("peak_layers", {}).items()
+    )
     faster = [row["density"] for row in result["first_layer"] if row["sparse_ms"] < row["dense_ms"]]
     verdict = (
         f"The sparse product is faster up to {max(faster):.1%} of non-zero entries."
@@ -223,7 +296,21 @@ def render_table(result: dict, command: str) -> str:
         "size. Produced by:\n\n"
         f"```bash\n{command}\n```\n\n"
         "| model and phase | forward (ms) | backward (ms) | optimiser (ms) | step (ms) | step / MULTIVI's |\n"
-        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\nThe first layer alone (forward and backward, "
+        "|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + (
+            "Where the time goes: the matrix products of the layers as wide as the peaks (an encoder's input "
+            "layer, a decoder's output layer), timed inside further steps of each model and phase (median of "
+            "10; these steps are timed alone, not in turns). A layer counts once per use: the cycle head runs "
+            "the ATAC encoder on the decoded means as well as on the data.\n\n"
+            "| model and phase | peak-wide layers / uses per step | their forward products (ms) | their "
+            "backward products (ms) | step (ms) | share of the step |\n|---|---|---|---|---|---|\n"
+            f"{peak_rows}\n\n"
+            if peak_rows
+            else ""
+        )
+        + "The first layer alone (forward and backward, "
         f"{result['batch_size']} cells x {result['n_peaks']:,} features into 128 hidden units, random entries at "
         f"each density), in milliseconds. {verdict}\n\n"
         "| non-zero entries | dense input | sparse input |\n|---|---|---|\n"
