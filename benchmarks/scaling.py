@@ -192,6 +192,17 @@ def training_peak_gb(result: dict) -> float:
     return max(result["stages"][phase]["peak_rss_gb"] for phase in result["step_ms"])
 
 
+def _package_version() -> str:
+    from importlib.metadata import version
+
+    return version("scmvp_scvi")
+
+
+def _version_note(meta: dict) -> str:
+    # runs written before the version was recorded have none
+    return f"scmvp_scvi {meta['scmvp_scvi']}; " if "scmvp_scvi" in meta else ""
+
+
 def write_table(results: list[dict], meta: dict, path: Path) -> None:
     sizes = sorted({r["n_cells"] for r in results})
     by_key = {(r["method"], r["n_cells"]): r for r in results}
@@ -230,8 +241,8 @@ def write_table(results: list[dict], meta: dict, path: Path) -> None:
         f"Cells drawn with replacement from snare_cortex ({meta['n_genes']:,} genes, {meta['n_peaks']:,} peaks); "
         f"{meta['steps']} timed steps per phase at batch size {meta['batch_size']} after {WARMUP_STEPS} untimed "
         f"ones; SCMVP with K = {meta['n_centroids']} mixture components (KMeans initialisation on at most 50,000 "
-        f"cells); {meta['cpu']}; one run at a time. Peak memory is the resident set size of the run's process, "
-        "data included. Produced by:",
+        f"cells); {meta['cpu']}; {_version_note(meta)}one run at a time. Peak memory is the resident set size of "
+        "the run's process, data included. Produced by:",
         "",
         "```bash",
         "python benchmarks/scaling.py",
@@ -325,6 +336,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "n_centroids": args.n_centroids,
         "cpu": f"CPU only ({platform.machine()}, {os.cpu_count()} cores)",
+        "scmvp_scvi": _package_version(),
     }
     base.file.close()
     args.results.parent.mkdir(parents=True, exist_ok=True)
