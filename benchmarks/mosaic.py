@@ -3,7 +3,8 @@
 Each seed hides the ATAC of a random 30% of the cells of a labelled paired data set and the RNA of another 30%
 (all-zero rows, the convention both models read as "not measured"), trains on that mosaic and scores:
 
-- the latent of all cells: KMeans and best-NMI Leiden ARI/NMI against the cell types;
+- the latent of all cells: KMeans and best-NMI Leiden ARI/NMI against the cell types, and for SCMVP its own
+  mixture clusters (``get_cluster_assignments``) and their number K;
 - mixing within cell types: for each kind of cell (paired, RNA-only, ATAC-only), the fraction of its 15 nearest
   neighbours that are of another kind, divided by the fraction of cells of another kind in its cell type
   (1: the kinds are mixed as if placed at random within each type; 0: they sit apart);
@@ -126,6 +127,7 @@ def run_scmvp(
     mosaic, kinds: np.ndarray, args: argparse.Namespace, method: str = "scmvp"
 ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     import scmvp_scvi
+    from scmvp_scvi.metrics import agreement
 
     scmvp_scvi.SCMVP.setup_mudata(mosaic, missing_modality="zero_rows")
     train_kwargs = scmvp_train_kwargs(method, mosaic.n_obs, args.max_epochs)
@@ -146,6 +148,8 @@ def run_scmvp(
         "epochs": len(model.history["training_phase"]),
         "scmvp_scvi": scmvp_scvi.__version__,
         "n_components": model.n_centroids,
+        # the model's own clusters (argmax of p(c | z)), of all cells
+        **agreement(mosaic.obs[args.label_key].astype(str), model.get_cluster_assignments(key_added=None), "mixture_"),
     }
     return info, *scmvp_outputs(model, kinds)
 
@@ -283,6 +287,9 @@ ROWS = (
     ("KMeans NMI", "kmeans_nmi", 3),
     ("Leiden ARI (best NMI)", "leiden_ari", 3),
     ("Leiden NMI (best NMI)", "leiden_nmi", 3),
+    ("mixture clusters: ARI", "mixture_ari", 3),
+    ("mixture clusters: NMI", "mixture_nmi", 3),
+    ("mixture components (K)", "n_components", 0),
     ("mixing, paired cells", "mixing_paired", 3),
     ("mixing, RNA-only cells", "mixing_rna_only", 3),
     ("mixing, ATAC-only cells", "mixing_atac_only", 3),
