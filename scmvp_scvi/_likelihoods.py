@@ -62,6 +62,21 @@ class _CellLogProb:
         return self.log_prob(value).sum(-1)
 
 
+Columns = slice | torch.Tensor | None
+
+
+def _columns(values: torch.Tensor, columns: Columns) -> torch.Tensor:
+    """Take the features ``columns`` of ``values`` (last axis; all when ``None``).
+
+    A parameter shared by all features (a scalar, or a size-1 last axis) is returned as it is.
+    """
+    if columns is None or values.dim() == 0 or values.shape[-1] == 1:
+        return values
+    if isinstance(columns, torch.Tensor):
+        columns = columns.to(values.device)
+    return values[..., columns]
+
+
 def _nb_prob_nonzero(mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     # P(0) = (theta / (theta + mu)) ** theta
     return 1 - torch.exp(theta * (torch.log(theta + _EPS) - torch.log(theta + mu + _EPS)))
@@ -80,9 +95,9 @@ class NB(_CellLogProb, NegativeBinomial):
         log_zero = theta * (torch.log(theta + _EPS) - torch.log(theta + self.mu + _EPS))
         return _where_nonzero(value, log_zero, _log_nb, self.mu, theta)
 
-    def prob_nonzero(self) -> torch.Tensor:
-        """Probability of a non-zero count."""
-        return _nb_prob_nonzero(self.mu, self.theta)
+    def prob_nonzero(self, columns: Columns = None) -> torch.Tensor:
+        """Probability of a non-zero count (of the features ``columns`` only, if given)."""
+        return _nb_prob_nonzero(_columns(self.mu, columns), _columns(self.theta, columns))
 
     def denoised(self) -> torch.Tensor:
         """Return the mean count."""
@@ -92,9 +107,10 @@ class NB(_CellLogProb, NegativeBinomial):
 class ZINB(_CellLogProb, ZeroInflatedNegativeBinomial):
     """scvi-tools' zero-inflated negative binomial with the package's extra methods."""
 
-    def prob_nonzero(self) -> torch.Tensor:
+    def prob_nonzero(self, columns: Columns = None) -> torch.Tensor:
         """Probability of a non-zero count: no dropout, and a non-zero negative binomial draw."""
-        return _nb_prob_nonzero(self.mu, self.theta) * torch.sigmoid(-self.zi_logits)
+        nonzero = _nb_prob_nonzero(_columns(self.mu, columns), _columns(self.theta, columns))
+        return nonzero * torch.sigmoid(-_columns(self.zi_logits, columns))
 
     def denoised(self) -> torch.Tensor:
         """Return the mean count before dropout."""
@@ -154,9 +170,16 @@ class SparsePoisson(_CellLogProb, Distribution):
         with torch.no_grad():
             return torch.poisson(self.mu.expand(torch.Size(sample_shape) + self.mu.shape))
 
-    def prob_nonzero(self) -> torch.Tensor:
-        """Probability of a non-zero count."""
-        return -torch.expm1(-self.mu)
+    def prob_nonzero(self, columns: Columns = None) -> torch.Tensor:
+        """Probability of a non-zero count (of the features ``columns`` only, if given).
+
+        With ``columns`` the means are formed for those features alone.
+        """
+        if columns is None or self._mu is not None:
+            mu = _columns(self.mu, columns)
+        else:
+            mu = torch.exp(self.library) * _columns(self.scale, columns)
+        return -torch.expm1(-mu)
 
     def denoised(self) -> torch.Tensor:
         """Return the mean count."""
@@ -201,9 +224,9 @@ class ZeroInflatedPoisson(SparsePoisson):
             kept = torch.distributions.Bernoulli(logits=-self.zi_logits).sample(sample_shape)
             return counts * kept
 
-    def prob_nonzero(self) -> torch.Tensor:
+    def prob_nonzero(self, columns: Columns = None) -> torch.Tensor:
         """Probability of a non-zero count: no dropout, and a non-zero Poisson draw."""
-        return super().prob_nonzero() * torch.sigmoid(-self.zi_logits)
+        return super().prob_nonzero(columns) * torch.sigmoid(-_columns(self.zi_logits, columns))
 
     def denoised(self) -> torch.Tensor:
         """Return the mean count before dropout."""

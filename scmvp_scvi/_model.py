@@ -1216,8 +1216,9 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         names = self._target(adata).mod[self.modality_names["atac"]].var_names
         columns = self._feature_indices(names, region_list, "region_list")
         index = self._obs_names(adata, indices)
-        cols = slice(None) if region_list is None else columns  # no copy of every column
-        outputs = {"p_open": (len(columns), lambda inf, gen: gen["px_atac"].prob_nonzero()[:, cols])}
+        # the probabilities of the asked peaks alone: only the decoder's softmax needs every peak
+        cols = None if region_list is None else torch.as_tensor(columns)
+        outputs = {"p_open": (len(columns), lambda inf, gen: gen["px_atac"].prob_nonzero(cols))}
         hint = "Pass fewer peaks (region_list=) or cells (indices=), or threshold= for a sparse result."
         kwargs = {"memory_hint": hint, "transform_batch": transform_batch, "decode": ("atac",)}
         thresholds = None if threshold is None else {"p_open": threshold}

@@ -346,6 +346,24 @@ def test_each_likelihood_is_one_distribution_object(likelihood):
     assert torch.allclose(px.log_prob(draws[:5]).sum(-1), log_likelihood(likelihood, draws[:5], mu, theta, zi))
 
 
+@pytest.mark.parametrize("likelihood", ["nb", "zinb", "poisson", "zip", "bernoulli"])
+def test_prob_nonzero_of_some_features_equals_those_of_all(likelihood):
+    """Asking for some features gives exactly their columns of the full result, built from mu or from scale."""
+    torch.manual_seed(0)
+    scale = torch.softmax(torch.randn(4, 6), -1)
+    library = torch.log(torch.tensor([[50.0], [200.0], [10.0], [1000.0]]))
+    theta, zi = torch.rand(6) * 5 + 0.1, torch.randn(4, 6)
+    built = {
+        "mu": observation_model(likelihood, torch.exp(library) * scale, theta, zi),
+        "scale": observation_model(likelihood, None, theta, zi, scale=scale, library=library),
+    }
+    for px in built.values():
+        full = px.prob_nonzero()
+        for columns in (torch.tensor([4, 0, 4]), slice(1, 3)):
+            torch.testing.assert_close(px.prob_nonzero(columns), full[:, columns])
+    torch.testing.assert_close(built["mu"].prob_nonzero(), built["scale"].prob_nonzero())
+
+
 def test_joint_atac_weight_acts_in_joint_training_only():
     """``joint_atac_weight`` replaces ``atac_weight`` on the joint ATAC term once the mixture is in place."""
     from scvi import REGISTRY_KEYS
