@@ -109,16 +109,18 @@ def time_peak_layers(participants: dict, n_peaks: int, n_steps: int = 10) -> dic
             layer.forward = lambda x, layer=layer: TimedLinear.apply(x, layer.weight, layer.bias)
         module.train()
         samples = []
-        for batch in batches[:n_steps]:
-            spent.update(forward_ms=0.0, backward_ms=0.0, calls=0)
-            start = time.perf_counter()
-            _, _, losses = module(batch)
-            optimizer.zero_grad()
-            losses.loss.backward()
-            optimizer.step()
-            samples.append({**spent, "step_ms": time.perf_counter() - start})
-        for layer in layers:
-            del layer.forward  # back to the class's own
+        try:
+            for batch in batches[:n_steps]:
+                spent.update(forward_ms=0.0, backward_ms=0.0, calls=0)
+                start = time.perf_counter()
+                _, _, losses = module(batch)
+                optimizer.zero_grad()
+                losses.loss.backward()
+                optimizer.step()
+                samples.append({**spent, "step_ms": time.perf_counter() - start})
+        finally:
+            for layer in layers:
+                del layer.forward  # back to the class's own
         median = {key: float(np.median([s[key] for s in samples])) for key in ("forward_ms", "backward_ms", "step_ms")}
         results[label] = {
             "layers": len(layers),

@@ -66,15 +66,8 @@ Columns = slice | torch.Tensor | None
 
 
 def _columns(values: torch.Tensor, columns: Columns) -> torch.Tensor:
-    """Take the features ``columns`` of ``values`` (last axis; all when ``None``).
-
-    A parameter shared by all features (a scalar, or a size-1 last axis) is returned as it is.
-    """
-    if columns is None or values.dim() == 0 or values.shape[-1] == 1:
-        return values
-    if isinstance(columns, torch.Tensor):
-        columns = columns.to(values.device)
-    return values[..., columns]
+    """Take the features ``columns`` of ``values`` (last axis; all when ``None``)."""
+    return values if columns is None else values[..., columns]
 
 
 def _nb_prob_nonzero(mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

@@ -525,7 +525,8 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         if gmm_variance not in GMM_VARIANCES:
             raise ValueError(f"gmm_variance must be one of {GMM_VARIANCES}, got {gmm_variance!r}.")
         _check_resolution(leiden_resolution, "leiden_resolution")
-        self._check_gmm_max_cells(gmm_max_cells, self.init_params_["non_kwargs"]["n_centroids"], "gmm_max_cells")
+        n_centroids = self.init_params_["non_kwargs"]["n_centroids"]
+        self._check_gmm_max_cells(gmm_max_cells, n_centroids, "gmm_max_cells")
         pretrained_now = switched_now = False
         if not bool(self.module.gmm_initialized):
             pretrained_now, switched_now = pretrain_epochs > 0, True
@@ -535,7 +536,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
                     "pretraining", max_epochs=pretrain_epochs, plan_kwargs=plan(pretrain_epochs), **common
                 )
             self.initialize_gmm(
-                resolution=leiden_resolution if self.init_params_["non_kwargs"]["n_centroids"] is None else None,
+                resolution=leiden_resolution if n_centroids is None else None,  # a fixed K uses KMeans
                 batch_size=max(batch_size, 256),
                 variance=gmm_variance,
                 max_cells=gmm_max_cells,
@@ -612,11 +613,11 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         """
         if variance not in GMM_VARIANCES:
             raise ValueError(f"variance must be one of {GMM_VARIANCES}, got {variance!r}.")
-        if n_centroids is None:
-            # the user's n_centroids until the first initialisation, the resolved K afterwards
-            n_centroids = "leiden" if resolution is not None else self.init_params_["non_kwargs"]["n_centroids"]
         if isinstance(n_centroids, str) and n_centroids != "leiden":
             raise ValueError(f'n_centroids must be an integer, "leiden" or None, got {n_centroids!r}.')
+        if n_centroids is None and resolution is None:
+            # the user's n_centroids until the first initialisation, the resolved K afterwards
+            n_centroids = self.init_params_["non_kwargs"]["n_centroids"]
         if n_centroids is None or n_centroids == "leiden":
             resolution = LEIDEN_RESOLUTION if resolution is None else resolution
             _check_resolution(resolution, "resolution")
@@ -1217,7 +1218,7 @@ class SCMVP(VAEMixin, UnsupervisedTrainingMixin, ArchesMixin, MinifiedMuDataMixi
         columns = self._feature_indices(names, region_list, "region_list")
         index = self._obs_names(adata, indices)
         # the probabilities of the asked peaks alone: only the decoder's softmax needs every peak
-        cols = None if region_list is None else torch.as_tensor(columns)
+        cols = None if region_list is None else torch.as_tensor(columns, device=self.device)
         outputs = {"p_open": (len(columns), lambda inf, gen: gen["px_atac"].prob_nonzero(cols))}
         hint = "Pass fewer peaks (region_list=) or cells (indices=), or threshold= for a sparse result."
         kwargs = {"memory_hint": hint, "transform_batch": transform_batch, "decode": ("atac",)}
