@@ -11,6 +11,9 @@ from scvi.nn import FCLayers
 from torch import nn
 from torch.distributions import Normal
 
+from . import _sparse_input
+from ._sparse_input import NonZeroEntries, SparseInputFCLayers, with_covariate_entries
+
 # Variance floor of every Gaussian posterior (as in the reference code) and clamp of its log-variance head.
 VAR_EPS = 1e-4
 LOG_VAR_MIN, LOG_VAR_MAX = -12.0, 8.0
@@ -38,6 +41,10 @@ class DenseBlock(nn.Module):
         Apply an affine ``LayerNorm`` after the linear map.
     batch_norm
         Apply ``BatchNorm1d`` after the (optional) layer norm.
+    sparse_input
+        The layer may be fed :class:`~scmvp_scvi._sparse_input.NonZeroEntries` (the non-zero entries of a sparse
+        input) as well as dense tensors; its linear map is then stored feature-major, which that product needs
+        (:class:`~scmvp_scvi._sparse_input.SparseInputFCLayers`).
     """
 
     def __init__(
@@ -48,9 +55,10 @@ class DenseBlock(nn.Module):
         dropout_rate: float = 0.1,
         layer_norm: bool = True,
         batch_norm: bool = True,
+        sparse_input: bool = False,
     ):
         super().__init__()
-        self.linear = FCLayers(
+        self.linear = (SparseInputFCLayers if sparse_input else FCLayers)(
             n_in,
             n_out,
             n_cat_list=n_cat_list,
@@ -65,10 +73,18 @@ class DenseBlock(nn.Module):
         self.activation = nn.LeakyReLU(0.01)
         self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, *cat_list: torch.Tensor) -> torch.Tensor:
-        """Apply the block to ``x`` with covariates ``cat_list``."""
-        h = self.linear(x, *cat_list)
+    def forward(self, x: torch.Tensor | NonZeroEntries, *cat_list: torch.Tensor) -> torch.Tensor:
+        """Apply the block to ``x`` (dense, or its non-zero entries) with covariates ``cat_list``."""
+        h = self._sparse_product(x, cat_list) if isinstance(x, NonZeroEntries) else self.linear(x, *cat_list)
         return self.dropout(self.activation(self.batch_norm(self.layer_norm(h))))
+
+    def _sparse_product(self, x: NonZeroEntries, cat_list: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Compute the linear map of ``FCLayers`` (input and one-hot covariates) from the non-zero entries."""
+        linear = self.linear.fc_layers[0][0]
+        n_features = linear.in_features - self.linear.n_cov
+        x = with_covariate_entries(x, n_features, self.linear.n_cat_list, cat_list)
+        # looked up at call time, so that benchmarks/training_step.py can time it
+        return _sparse_input.sparse_linear(x, linear.weight_by_feature, linear.bias)
 
 
 class HiddenUnitSelfAttention(nn.Module):
@@ -130,12 +146,14 @@ class ATACBranch(nn.Module):
 
     def __init__(self, n_input: int, n_hidden: int, n_heads: int, n_cat_list: list[int] | None, dropout_rate: float):
         super().__init__()
-        self.dense = DenseBlock(n_input, n_hidden, n_cat_list, dropout_rate, layer_norm=False, batch_norm=True)
+        self.dense = DenseBlock(
+            n_input, n_hidden, n_cat_list, dropout_rate, layer_norm=False, batch_norm=True, sparse_input=True
+        )
         self.self_attention = HiddenUnitSelfAttention(n_hidden, n_heads, dropout_rate)
         self.layer_norm = nn.LayerNorm(n_hidden, eps=1e-4)
 
-    def forward(self, y: torch.Tensor, *cat_list: torch.Tensor) -> torch.Tensor:
-        """Encode log-transformed accessibility ``y`` into the hidden space."""
+    def forward(self, y: torch.Tensor | NonZeroEntries, *cat_list: torch.Tensor) -> torch.Tensor:
+        """Encode log-transformed accessibility ``y`` (dense, or its non-zero entries) into the hidden space."""
         return self.layer_norm(self.self_attention(self.dense(y, *cat_list)))
 
 

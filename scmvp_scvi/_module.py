@@ -24,6 +24,7 @@ from ._components import (
 )
 from ._likelihoods import ATAC_LIKELIHOODS, LIKELIHOODS, RNA_LIKELIHOODS, observation_model
 from ._modalities import OBSERVED_MODALITIES_KEY, masks
+from ._sparse_input import NonZeroEntries, non_zero_entries
 
 # what the encoders see: log1p of the counts (reference) or of depth-normalised RNA and TF-IDF ATAC
 ENCODER_INPUTS = ("counts", "normalized")
@@ -294,14 +295,32 @@ class SCMVPModule(BaseModuleClass):
             "z_atac": inference_outputs.get("z_atac") if pretraining else None,
         }
 
-    def _encoder_input(self, counts: torch.Tensor, library: torch.Tensor, modality: str) -> torch.Tensor:
-        """Transform the counts (or decoded means) of one modality into what its encoders see."""
+    def _encoder_input(
+        self, counts: torch.Tensor, library: torch.Tensor, modality: str, peaks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Transform the counts (or decoded means) of one modality into what its encoders see.
+
+        ``peaks`` (ATAC only) names the peak of each of ``counts`` when they are non-zero entries, each with its
+        cell's ``library``, instead of a cells x peaks matrix.
+        """
         normalized = self.encoder_input == "normalized"
         if normalized or self.normalize_encoder_input:
             counts = counts / torch.exp(library) * 1e4
         if normalized and modality == "atac":
-            counts = counts * self.atac_idf
+            counts = counts * (self.atac_idf if peaks is None else self.atac_idf[peaks])
         return torch.log1p(counts)
+
+    def _atac_encoder_input(self, x_atac: torch.Tensor, library_atac: torch.Tensor) -> torch.Tensor | NonZeroEntries:
+        """Transform the ATAC counts for the encoders, keeping only the non-zero entries when they are few (CPU).
+
+        Every encoder input transform maps zero counts to zero, so the encoders' first layers need only the
+        weights of the peaks a minibatch holds (see ``scmvp_scvi._sparse_input``).
+        """
+        entries = non_zero_entries(x_atac)
+        if entries is None:
+            return self._encoder_input(x_atac, library_atac, "atac")
+        values = self._encoder_input(entries.values, library_atac[entries.rows, 0], "atac", peaks=entries.cols)
+        return entries._replace(values=values)
 
     @staticmethod
     def _covariates(batch_index: torch.Tensor, cat_covs: torch.Tensor | None) -> list[torch.Tensor]:
@@ -342,7 +361,7 @@ class SCMVPModule(BaseModuleClass):
         library_rna = torch.log(x_rna.sum(-1, keepdim=True).clamp_min(1.0))
         library_atac = torch.log(x_atac.sum(-1, keepdim=True).clamp_min(1.0))
         x_log = self._encoder_input(x_rna, library_rna, "rna")
-        y_log = self._encoder_input(x_atac, library_atac, "atac")
+        y_log = self._atac_encoder_input(x_atac, library_atac)
 
         # On mosaics every encoder sees every cell of the minibatch, unmeasured all-zero rows included. Encoding
         # each cell only with the encoders of its modalities (so that those rows stay out of batch norm) was
