@@ -296,19 +296,27 @@ class SCMVPModule(BaseModuleClass):
         }
 
     def _encoder_input(
-        self, counts: torch.Tensor, library: torch.Tensor, modality: str, peaks: torch.Tensor | None = None
+        self, counts: torch.Tensor, library: torch.Tensor | None, modality: str, peaks: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Transform the counts (or decoded means) of one modality into what its encoders see.
 
         ``peaks`` (ATAC only) names the peak of each of ``counts`` when they are non-zero entries, each with its
-        cell's ``library``, instead of a cells x peaks matrix.
+        cell's ``library``, instead of a cells x peaks matrix. ``library=None`` says that ``counts`` are already
+        divided by their cell's library size (only valid when :attr:`depth_normalized_input`).
         """
-        normalized = self.encoder_input == "normalized"
-        if normalized or self.normalize_encoder_input:
-            counts = counts / torch.exp(library) * 1e4
-        if normalized and modality == "atac":
-            counts = counts * (self.atac_idf if peaks is None else self.atac_idf[peaks])
-        return torch.log1p(counts)
+        if not self.depth_normalized_input:
+            return torch.log1p(counts)
+        factor = 1e4  # counts per 10,000, then TF-IDF for the peaks: one product per entry
+        if self.encoder_input == "normalized" and modality == "atac":
+            factor = factor * (self.atac_idf if peaks is None else self.atac_idf[peaks])
+        if library is not None:
+            counts = counts / torch.exp(library)
+        return torch.log1p(counts * factor)
+
+    @property
+    def depth_normalized_input(self) -> bool:
+        """Whether the encoders see counts divided by their cell's library size (times 10,000)."""
+        return self.encoder_input == "normalized" or self.normalize_encoder_input
 
     def _atac_encoder_input(self, x_atac: torch.Tensor, library_atac: torch.Tensor) -> torch.Tensor | NonZeroEntries:
         """Transform the ATAC counts for the encoders, keeping only the non-zero entries when they are few (CPU).
@@ -596,13 +604,17 @@ class SCMVPModule(BaseModuleClass):
         kl_prior = self.prior.kl_divergence(inference_outputs["qz"], log_gamma)
 
         # cycle: re-encode the decoded means with the single-modality encoders
-        mu_rna = generative_outputs["px_rna"].mu
-        mu_atac = generative_outputs["px_atac"].mu
+        def decoded(modality: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+            px = generative_outputs[f"px_{modality}"]
+            if self.depth_normalized_input:  # the decoded mean over its library is the decoder's normalised mean
+                return px.scale, None
+            return px.mu, inference_outputs[f"library_{modality}"]
+
         # the re-encoded means must not enter the statistics the encoders normalise data with at inference
         with running_statistics_kept(self.rna_encoder, self.atac_encoder):
             q_cycle = self.fusion(
-                self.rna_encoder(self._encoder_input(mu_rna, inference_outputs["library_rna"], "rna"), *covariates),
-                self.atac_encoder(self._encoder_input(mu_atac, inference_outputs["library_atac"], "atac"), *covariates),
+                self.rna_encoder(self._encoder_input(*decoded("rna"), "rna"), *covariates),
+                self.atac_encoder(self._encoder_input(*decoded("atac"), "atac"), *covariates),
             )
         log_gamma_cycle = self.prior.log_responsibilities(q_cycle.rsample())
         kl_cycle = _only(kl_divergence(q_fused, q_cycle).sum(-1), paired)
