@@ -129,6 +129,10 @@ def run_multivi(mdata, args, device_kwargs: dict, synchronize, peak_memory) -> d
 
 def render_table(result: dict) -> str:
     """The docs table: one row per model and phase."""
+
+    def memory(figures: dict) -> str:
+        return "-" if figures["peak_device_memory_gb"] is None else str(figures["peak_device_memory_gb"])
+
     rows = []
     scmvp, multivi = result["models"].get("scmvp"), result["models"].get("multivi")
     if scmvp:
@@ -137,14 +141,14 @@ def render_table(result: dict) -> str:
             rows.append(f"| {label} | {phase['epochs']} | {phase['seconds']} | {phase['median_step_ms']} | | |")
         rows.append(f"| SCMVP mixture initialisation | | {scmvp['mixture_initialisation_seconds']} | | | |")
         rows.append(
-            f"| **SCMVP, all of `train()`** | | **{scmvp['train_seconds']}** | | {scmvp['peak_device_memory_gb']} | "
+            f"| **SCMVP, all of `train()`** | | **{scmvp['train_seconds']}** | | {memory(scmvp)} | "
             f"{scmvp['kmeans_ari']} / {scmvp['kmeans_nmi']} |"
         )
     if multivi:
         phase = multivi["training"]
         rows.append(
             f"| **MULTIVI, all of `train()`** | {phase['epochs']} | **{multivi['train_seconds']}** | "
-            f"{phase['median_step_ms']} | {multivi['peak_device_memory_gb']} | "
+            f"{phase['median_step_ms']} | {memory(multivi)} | "
             f"{multivi['kmeans_ari']} / {multivi['kmeans_nmi']} |"
         )
     return (
