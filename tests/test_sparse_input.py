@@ -11,6 +11,7 @@ from scvi import REGISTRY_KEYS
 import scmvp_scvi._module as module_code
 from scmvp_scvi import SCMVP
 from scmvp_scvi._components import DenseBlock
+from scmvp_scvi._modalities import OBSERVED_MODALITIES_KEY
 from scmvp_scvi._module import SCMVPModule
 from scmvp_scvi._sparse_input import NonZeroEntries, non_zero_entries
 
@@ -68,16 +69,31 @@ def _minibatch(n_obs=40, n_genes=30, n_peaks=500, seed=0):
 
 
 @pytest.mark.parametrize("joint", [False, True], ids=["pretraining", "joint"])
-@pytest.mark.parametrize("encoder_input", ["normalized", "counts"])
+@pytest.mark.parametrize("encoder_input", ["normalized", "counts", "mosaic"])
 def test_training_step_on_sparse_atac_equals_the_dense_one(monkeypatch, joint, encoder_input):
     torch.manual_seed(0)
     idf = torch.linspace(1.0, 5.0, 500)
-    module = SCMVPModule(30, 500, n_batch=2, n_hidden=32, n_heads=4, n_latent=5, encoder_input=encoder_input)
-    if encoder_input == "normalized":
+    mosaic = encoder_input == "mosaic"
+    module = SCMVPModule(
+        30,
+        500,
+        n_batch=2,
+        n_hidden=32,
+        n_heads=4,
+        n_latent=5,
+        encoder_input="normalized" if mosaic else encoder_input,
+        library_fill=(4.0, 2.0) if mosaic else None,
+    )
+    if encoder_input != "counts":
         module.atac_idf.copy_(idf)
     if joint:
         module.initialize_gmm(torch.randn(3, 5), torch.ones(3, 5), torch.full((3,), 1 / 3))
     tensors = _minibatch()
+    if mosaic:  # paired, RNA-only (no ATAC counts) and ATAC-only (no RNA counts) cells
+        kinds = torch.arange(40).reshape(-1, 1) % 3
+        tensors[REGISTRY_KEYS.ATAC_X_KEY][kinds[:, 0] == 1] = 0
+        tensors[REGISTRY_KEYS.X_KEY][kinds[:, 0] == 2] = 0
+        tensors[OBSERVED_MODALITIES_KEY] = kinds
     found = []
     real = module_code.non_zero_entries
 
