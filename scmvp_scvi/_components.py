@@ -192,7 +192,7 @@ class ATACEncoder(nn.Module):
         self.branch = ATACBranch(n_input, n_hidden, n_heads, n_cat_list, dropout_rate)
         self.head = GaussianHead(n_hidden, n_latent)
 
-    def forward(self, y: torch.Tensor, *cat_list: torch.Tensor) -> Normal:
+    def forward(self, y: torch.Tensor | NonZeroEntries, *cat_list: torch.Tensor) -> Normal:
         """Posterior from log-transformed accessibility."""
         return self.head(self.branch(y, *cat_list))
 
@@ -210,7 +210,7 @@ class JointEncoder(nn.Module):
         self.shared = nn.Sequential(nn.Linear(2 * n_hidden, n_hidden), nn.LayerNorm(n_hidden, eps=1e-4))
         self.head = GaussianHead(n_hidden, n_latent)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, *cat_list: torch.Tensor) -> Normal:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | NonZeroEntries, *cat_list: torch.Tensor) -> Normal:
         """Joint posterior from both log-transformed modalities."""
         h = torch.cat([self.rna_branch(x, *cat_list), self.atac_branch(y, *cat_list)], dim=-1)
         return self.head(self.shared(h))
