@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/gpu.py                                     # snare_cortex.h5mu on the first CUDA device
-    python benchmarks/gpu.py --accelerator cpu --n-cells 600 --epochs 1 --multivi-max-epochs 2 --out /tmp/gpu
+    python benchmarks/gpu.py --accelerator cpu --n-cells 600 --epochs 1 --multivi-max-epochs 2 \\
+        --out benchmarks/results/smoke                         # smoke test on the CPU (git-ignored output)
 
 SCMVP trains with its default recipe (pretraining, mixture initialisation, joint training; the epochs per phase
 chosen from the number of cells unless ``--epochs`` is given), MULTIVI with its own defaults (early stopping on)

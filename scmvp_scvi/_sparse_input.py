@@ -27,12 +27,6 @@ class NonZeroEntries(NamedTuple):
     values: torch.Tensor
     n_obs: int
 
-    def to_dense(self, n_features: int) -> torch.Tensor:
-        """Return the dense matrix these entries describe."""
-        dense = self.values.new_zeros(self.n_obs, n_features)
-        dense[self.rows, self.cols] = self.values
-        return dense
-
 
 def non_zero_entries(x: torch.Tensor, max_density: float = SPARSE_INPUT_MAX_DENSITY) -> NonZeroEntries | None:
     """Return the non-zero entries of ``x`` on the CPU when at most ``max_density`` of it; else ``None``.
